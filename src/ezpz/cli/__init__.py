@@ -1,0 +1,1 @@
+"""Thin Hydra entry points: compose, convert to dataclasses, call one library function."""

@@ -1,0 +1,296 @@
+"""What every ezpz CLI shares: argv pre-processing, config validation, help, error mapping.
+
+Hydra composes the config; before handing argv to it we
+- resolve ``machine=auto`` (the default) to a concrete preset and log it,
+- compose once with the given overrides so that a bad key, type or option ends in one line
+  (exit 2) instead of Hydra's multi-line report,
+- answer ``--help`` with the config groups and their options.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+import traceback
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any, Callable, Sequence
+
+from .. import log as ezlog
+from ..errors import EXIT_FAILURE, EXIT_USAGE, ConfigError, EzpzError
+from ..hosts import detect_machine
+
+CONFIG_MODULE = "ezpz.conf"
+_HYDRA_VALUE_FLAGS = {"--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd",
+                      "--info", "-i", "--experimental-rerun"}
+_HYDRA_BOOL_FLAGS = {"--multirun", "-m", "--cfg", "-c", "--resolve", "--package", "-p",
+                     "--run", "-r", "--hydra-help", "--version", "--shell-completion", "-sc"}
+
+
+@dataclass
+class SplitArgs:
+    flags: list[str]
+    overrides: list[str]
+    multirun: bool
+
+
+def split_argv(argv: Sequence[str]) -> SplitArgs:
+    """Separate Hydra's flags from overrides (``key=value``)."""
+    flags: list[str] = []
+    overrides: list[str] = []
+    multirun = False
+    it = iter(argv)
+    for arg in it:
+        if arg in ("--multirun", "-m"):
+            multirun = True
+            flags.append(arg)
+        elif arg in ("--cfg", "-c", "--package", "-p", "--info", "-i"):
+            flags.append(arg)
+            # --cfg job|hydra|all, --package PKG, --info [what]: value follows if it is not an override
+            nxt = next(it, None)
+            if nxt is not None:
+                flags.append(nxt)
+        elif arg in _HYDRA_VALUE_FLAGS:
+            flags.append(arg)
+            nxt = next(it, None)
+            if nxt is not None:
+                flags.append(nxt)
+        elif arg.startswith("-") and "=" not in arg.split("-", 2)[-1][:1]:
+            flags.append(arg)
+        else:
+            overrides.append(arg)
+    return SplitArgs(flags, overrides, multirun)
+
+
+def config_options(group: str) -> list[str]:
+    """The options of a config group, from the shipped conf/ tree."""
+    root = resources.files(CONFIG_MODULE) / group
+    return sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".yaml"))
+
+
+def resolve_machine(overrides: list[str], environ: dict[str, str] | None = None) -> tuple[list[str], str | None]:
+    """Replace a missing ``machine=`` or ``machine=auto`` by the detected preset.
+
+    Returns the new overrides and the detected name (None when the user chose one).
+    """
+    out = list(overrides)
+    for i, ov in enumerate(out):
+        key, _, value = ov.partition("=")
+        if key.lstrip("~+") == "machine":
+            if value == "auto":
+                name = detect_machine(environ=environ)
+                out[i] = f"machine={name}"
+                return out, name
+            return out, None
+    name = detect_machine(environ=environ)
+    out.insert(0, f"machine={name}")
+    return out, name
+
+
+def _first_sweep_values(overrides: list[str]) -> list[str]:
+    """For validation of a multirun: each sweep override reduced to its first value."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    out: list[str] = []
+    for text in overrides:
+        ov = parser.parse_override(text)
+        if ov.is_sweep_override():
+            first = next(iter(ov.sweep_string_iterator()), None)
+            if first is None:
+                continue
+            out.append(f"{ov.get_key_element()}={first}")
+        else:
+            out.append(text)
+    return out
+
+
+def describe_config_exception(exc: BaseException) -> str:
+    """Turn Hydra/OmegaConf composition errors into one line."""
+    from hydra.errors import MissingConfigException, OverrideParseException
+
+    if isinstance(exc, ConfigError):
+        return str(exc)
+    if isinstance(exc, MissingConfigException):
+        msg = str(exc)
+        # "In 'yeet': Could not find 'machine/foo'\n\nAvailable options in 'machine':\n\ta\n\tb"
+        import re
+
+        m = re.search(r"Could not find '([^'/]+)/([^']+)'", msg)
+        if m:
+            group, option = m.groups()
+            try:
+                options = ", ".join(config_options(group))
+            except (FileNotFoundError, NotADirectoryError):
+                options = "none"
+            return f"{group}={option}: no such {group} (choose one of: {options})"
+        return msg.splitlines()[0]
+    if isinstance(exc, OverrideParseException):
+        return f"cannot parse override: {str(exc).splitlines()[0]}"
+    # Walk to the innermost OmegaConf error, which carries the key and the reason.
+    inner: BaseException = exc
+    seen = set()
+    while inner.__cause__ is not None and id(inner) not in seen:
+        seen.add(id(inner))
+        if isinstance(inner.__cause__, ConfigError):
+            return str(inner.__cause__)
+        inner = inner.__cause__
+    full_key = getattr(inner, "full_key", None) or getattr(exc, "full_key", None)
+    text = str(inner).strip().splitlines()
+    reason = text[0] if text else type(inner).__name__
+    if "not in" in reason and full_key:
+        return f"{full_key}: unknown key ({reason}); see --cfg job for the valid keys"
+    if full_key and full_key not in reason:
+        return f"{full_key}: {reason}"
+    return reason
+
+
+def compose(config_name: str, overrides: Sequence[str] = ()) -> Any:
+    """Compose a config without running anything (tests and pre-validation)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    from ..config import register_configs
+
+    register_configs()
+    GlobalHydra.instance().clear()
+    with initialize_config_module(config_module=CONFIG_MODULE, version_base=None):
+        return hydra_compose(config_name=config_name, overrides=list(overrides))
+
+
+def to_settings(cfg: Any, keys: Sequence[str] | None = None) -> Any:
+    """Hydra config → schema dataclasses (``__post_init__`` validation runs here)."""
+    from omegaconf import OmegaConf
+
+    try:
+        if keys is None:
+            return OmegaConf.to_object(cfg)
+        return OmegaConf.to_object(OmegaConf.masked_copy(cfg, list(keys)))
+    except ConfigError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - rewrap OmegaConf's errors as one line
+        raise ConfigError(describe_config_exception(exc)) from exc
+
+
+def validate_overrides(config_name: str, overrides: list[str], multirun: bool) -> Any:
+    """Compose (and convert) once; a bad override raises ConfigError with one line."""
+    try:
+        cfg = compose(config_name, _first_sweep_values(overrides) if multirun else overrides)
+    except ConfigError:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        raise ConfigError(describe_config_exception(exc)) from exc
+    to_settings(cfg)
+    return cfg
+
+
+def print_help(prog: str, description: str, config_name: str, groups: Sequence[str],
+               overrides: list[str], examples: Sequence[str]) -> None:
+    from omegaconf import OmegaConf
+
+    lines = [f"{prog}: {description}", "",
+             f"usage: {prog} [--cfg job] [-m] [key=value ...]", "",
+             "Config groups (choose with group=option):"]
+    for group in groups:
+        default = " (default: auto = detected from the hostname and scheduler)" if group == "machine" else ""
+        lines.append(f"  {group}: {', '.join(config_options(group))}{default}")
+    lines += ["", "Examples:"] + [f"  {e}" for e in examples]
+    lines += ["", "Hydra flags: --cfg job (print the composed config), -m (sweep), --hydra-help",
+              "", "Composed config (with the given overrides):", ""]
+    try:
+        cfg = compose(config_name, overrides)
+        lines.append(OmegaConf.to_yaml(cfg))
+    except Exception as exc:  # noqa: BLE001
+        lines.append(f"(cannot compose: {describe_config_exception(exc)})")
+    print("\n".join(lines))
+
+
+def fail(message: str, code: int) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return code
+
+
+def guard(func: Callable[..., int | None]) -> Callable[..., int]:
+    """Map EzpzError to one line + its exit code; tracebacks only with EZPZ_LOG_LEVEL=DEBUG."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> int:
+        try:
+            rc = func(*args, **kwargs)
+            return 0 if rc is None else int(rc)
+        except EzpzError as exc:
+            if ezlog.debug_enabled():
+                traceback.print_exc()
+            return fail(str(exc), exc.exit_code)
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            return 130
+
+    return wrapper
+
+
+def run_hydra(config_name: str, task: Callable[[Any], int | None], argv: list[str],
+              prog: str) -> int:
+    """Run ``task(cfg)`` as a Hydra app on ``argv`` (overrides already validated)."""
+    import hydra
+
+    from ..config import register_configs
+
+    register_configs()
+    holder: dict[str, int] = {"rc": 0}
+
+    @hydra.main(config_path=f"pkg://{CONFIG_MODULE}", config_name=config_name, version_base=None)
+    def _app(cfg: Any) -> None:
+        from hydra.core.hydra_config import HydraConfig
+
+        out_dir = HydraConfig.get().runtime.output_dir
+        ezlog.setup_logging(logfile=os.path.join(out_dir, f"{prog}.log") if out_dir else None)
+        rc = task(cfg)
+        holder["rc"] = max(holder["rc"], int(rc or 0))
+
+    # hydra.main reads sys.argv.
+    old = sys.argv
+    sys.argv = [prog, *argv]
+    try:
+        _app()
+    finally:
+        sys.argv = old
+    return holder["rc"]
+
+
+def standard_main(*, prog: str, description: str, config_name: str, groups: Sequence[str],
+                  task: Callable[[Any], int | None], argv: Sequence[str] | None,
+                  examples: Sequence[str] = (), detect: bool = True) -> int:
+    """The shared shape of every ezpz CLI."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    split = split_argv(args)
+    overrides = split.overrides
+    detected = None
+    if detect:
+        overrides, detected = resolve_machine(overrides)
+    if any(f in ("--help", "-h") for f in split.flags):
+        print_help(prog, description, config_name, groups,
+                   [o for o in overrides if "," not in o], examples)
+        return 0
+    if "--hydra-help" in split.flags or "--version" in split.flags or "-sc" in split.flags \
+            or "--shell-completion" in split.flags:
+        return run_hydra(config_name, task, split.flags + overrides, prog)
+    try:
+        validate_overrides(config_name, overrides, split.multirun)
+    except ConfigError as exc:
+        if ezlog.debug_enabled():
+            traceback.print_exc()
+        return fail(str(exc), EXIT_USAGE)
+    if detected is not None and "--cfg" not in split.flags and "-c" not in split.flags:
+        ezlog.get_logger("ezpz.cli").info("machine=auto resolved to %s", detected)
+    return run_hydra(config_name, guard(task), split.flags + overrides, prog)
+
+
+def exit_code_for(exc: BaseException) -> int:
+    return getattr(exc, "exit_code", EXIT_FAILURE)
+
+
+def env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")

@@ -1,0 +1,263 @@
+"""The structured-config schema: dataclasses only, registered in Hydra's ConfigStore.
+
+Every YAML under ``conf/`` extends one of these (``defaults: - /schema/<group>@_here_``), so a
+bad type, an unknown key or a bad size string fails at composition with a clear message.
+Library code receives these dataclasses (``OmegaConf.to_object`` at the entry point), never
+the Hydra config itself.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from .errors import ConfigError
+
+# --------------------------------------------------------------------------------------
+# sizes
+# --------------------------------------------------------------------------------------
+_UNITS = {
+    "": 1, "b": 1,
+    "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2, "g": 1000**3, "gb": 1000**3,
+    "t": 1000**4, "tb": 1000**4,
+    "ki": 1024, "kib": 1024, "mi": 1024**2, "mib": 1024**2, "gi": 1024**3, "gib": 1024**3,
+    "ti": 1024**4, "tib": 1024**4,
+}
+_SIZE_RE = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
+
+
+def parse_size(value: Any, key: str = "size") -> int:
+    """``64MiB`` → 67108864, ``512KB`` → 512000, ``1GiB``, ``4096`` or an int → bytes.
+
+    Decimal units (KB, MB, GB) are powers of 1000, binary units (KiB, MiB, GiB) powers of
+    1024. Raises :class:`ConfigError` naming ``key`` for anything else.
+    """
+    if isinstance(value, bool):
+        raise ConfigError(f"{key}: {value!r} is not a size (use e.g. 64MiB, 1GiB, 512KB or bytes)")
+    if isinstance(value, int):
+        n = value
+    else:
+        m = _SIZE_RE.match(str(value))
+        unit = m.group(2).lower() if m else None
+        if not m or unit not in _UNITS:
+            raise ConfigError(
+                f"{key}: {value!r} is not a size (use e.g. 64MiB, 1GiB, 512KB or bytes)")
+        n = int(float(m.group(1)) * _UNITS[unit])
+    if n < 0:
+        raise ConfigError(f"{key}: {value!r} must not be negative")
+    return n
+
+
+def format_size(n: float) -> str:
+    """Human-readable binary size: 1536 → '1.5 KiB'."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"  # pragma: no cover
+
+
+# --------------------------------------------------------------------------------------
+# config groups
+# --------------------------------------------------------------------------------------
+@dataclass
+class MachineConfig:
+    """A machine preset (``conf/machine/*.yaml``). Every value is overridable."""
+
+    name: str = "local"
+    description: str = ""
+    #: GPUs (or tiles) per node; ``None`` means count them with torch if it is installed, else 0.
+    gpus_per_node: Optional[int] = None
+    #: torch device type: cpu, cuda or xpu.
+    device: str = "cpu"
+    #: torch.distributed backend for training/torch transfers: gloo, nccl, xccl or ccl.
+    dist_backend: str = "gloo"
+    #: mpiexec executable (a name on PATH or a path).
+    mpiexec: str = "mpiexec"
+    #: Flag spelling: ``pals`` (Cray PALS: --np= --ppn= --hostfile=) or ``hydra`` (MPICH: -n -ppn -f).
+    mpiexec_flavor: str = "hydra"
+    #: Extra flags for mpiexec on this machine (e.g. ``--no-vni``).
+    mpiexec_flags: list[str] = field(default_factory=list)
+    #: CPU binding for mpiexec/srun; ``CPU_BIND`` in the environment overrides it.
+    cpu_bind: Optional[str] = None
+    #: Slurm's ``srun --mpi=`` plugin.
+    srun_mpi: str = "pmi2"
+    #: Environment variables set for launched processes.
+    env: dict[str, str] = field(default_factory=dict)
+    #: Substrings of known log noise dropped from launched processes' output.
+    filters: list[str] = field(default_factory=list)
+    #: Import mpi4py before torch (needed on Polaris).
+    import_mpi4py_first: bool = False
+
+
+@dataclass
+class LauncherConfig:
+    """How processes are started (``conf/launcher/*.yaml``)."""
+
+    #: mpiexec, torchrun or srun.
+    name: str = "mpiexec"
+    #: Node list file; default: PBS_NODEFILE / HOSTFILE / Slurm / localhost.
+    hostfile: Optional[str] = None
+    #: Total processes (GPUs) to use; any subset of ngpus/nhosts/ngpu_per_host may be given.
+    ngpus: Optional[int] = None
+    nhosts: Optional[int] = None
+    ngpu_per_host: Optional[int] = None
+    verbose: bool = False
+    #: Print the exact command and run nothing.
+    dry_run: bool = False
+    #: Extra substrings to drop from the output (added to the machine's filters).
+    filters: list[str] = field(default_factory=list)
+    #: Extra arguments for the launcher itself, placed before the command.
+    extra_args: list[str] = field(default_factory=list)
+    #: An argv prefix put in front of the command on every process (container, numactl, ...).
+    wrap: list[str] = field(default_factory=list)
+    #: torchrun rendezvous port and id (id defaults to the job id).
+    rdzv_port: int = 29500
+    rdzv_id: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        if self.name not in ("mpiexec", "torchrun", "srun"):
+            raise ConfigError(
+                f"launcher.name: {self.name!r} is not a launcher (choose mpiexec, torchrun or srun)")
+        for key in ("ngpus", "nhosts", "ngpu_per_host"):
+            value = getattr(self, key)
+            if value is not None and value < 1:
+                raise ConfigError(f"launcher.{key}: must be at least 1, got {value}")
+
+
+TRANSFER_BACKENDS = ("auto", "mpi", "torch")
+
+
+@dataclass
+class TransferConfig:
+    """The per-node transfer (``conf/transfer/*.yaml``)."""
+
+    #: Archive (or any file with decompress=false) on the shared filesystem.
+    src: Optional[str] = None
+    #: Where it lands on every node; default /tmp/<archive name without .tar.*>.
+    dst: Optional[str] = None
+    decompress: bool = True
+    #: Broadcast chunk size: 64MiB, 1GiB, 512KB or bytes.
+    chunk_size: str = "16MiB"
+    #: Chunks in flight between reader, broadcast and extraction.
+    depth: int = 4
+    #: auto (mpi, or torch under torchrun), mpi, or torch.
+    backend: str = "auto"
+    #: Also leave the archive file itself in dst's parent directory.
+    keep_archive: bool = False
+    overwrite: bool = False
+    verify: bool = True
+    #: Rewrite the environment's old prefix to dst after extraction.
+    relocate: bool = True
+    #: Seconds any collective wait may take before the node gives up.
+    timeout: float = 600.0
+    #: Times each sweep point is repeated (for medians).
+    repeat: int = 1
+    #: Succeed when at least this many nodes (or this fraction) succeeded; default: all.
+    min_success_nodes: Optional[int] = None
+    min_success_fraction: Optional[float] = None
+
+    def __post_init__(self) -> None:
+        n = parse_size(self.chunk_size, "transfer.chunk_size")
+        if n <= 0:
+            raise ConfigError(f"transfer.chunk_size: {self.chunk_size!r} must be greater than 0")
+        if self.backend not in TRANSFER_BACKENDS:
+            raise ConfigError(
+                f"transfer.backend: {self.backend!r} is not a backend (choose auto, mpi or torch)")
+        if self.depth < 1:
+            raise ConfigError(f"transfer.depth: must be at least 1, got {self.depth}")
+        if self.timeout <= 0:
+            raise ConfigError(f"transfer.timeout: must be positive, got {self.timeout}")
+        if self.repeat < 1:
+            raise ConfigError(f"transfer.repeat: must be at least 1, got {self.repeat}")
+        if self.min_success_nodes is not None and self.min_success_nodes < 1:
+            raise ConfigError(
+                f"transfer.min_success_nodes: must be at least 1, got {self.min_success_nodes}")
+        f = self.min_success_fraction
+        if f is not None and not (0 < f <= 1):
+            raise ConfigError(f"transfer.min_success_fraction: must be in (0, 1], got {f}")
+
+    @property
+    def chunk_bytes(self) -> int:
+        return parse_size(self.chunk_size, "transfer.chunk_size")
+
+
+@dataclass
+class EnvSpec:
+    #: Environment to pack; default: the running interpreter's sys.prefix.
+    prefix: Optional[str] = None
+    #: Also pack the interpreter the venv points at, when it lives outside the venv.
+    bundle_python: bool = False
+
+
+CODECS = ("zstd", "gzip", "none")
+
+
+@dataclass
+class ArchiveSpec:
+    #: Output file; default <env-parent>/<env-name>.tar.<ext>.
+    path: Optional[str] = None
+    codec: str = "zstd"
+    #: Compression level; default per codec (zstd 3, gzip 6).
+    level: Optional[int] = None
+    #: Compression threads; 0 = all cores.
+    threads: int = 0
+
+    def __post_init__(self) -> None:
+        if self.codec not in CODECS:
+            raise ConfigError(
+                f"archive.codec: {self.codec!r} is not a codec (choose zstd, gzip or none)")
+        if self.level is not None:
+            lo, hi = {"zstd": (1, 22), "gzip": (1, 9), "none": (0, 0)}[self.codec]
+            if not lo <= self.level <= hi:
+                raise ConfigError(
+                    f"archive.level: {self.level} is out of range for {self.codec} ({lo}..{hi})")
+        if self.threads < 0:
+            raise ConfigError(f"archive.threads: must be 0 (all cores) or more, got {self.threads}")
+
+
+@dataclass
+class TarEnvConfig:
+    """Primary config of ``ezpz-tar-env``."""
+
+    env: EnvSpec = field(default_factory=EnvSpec)
+    archive: ArchiveSpec = field(default_factory=ArchiveSpec)
+    #: Glob patterns (relative to the environment) left out of the archive.
+    exclude: list[str] = field(default_factory=list)
+    overwrite: bool = False
+    skip_unreadable: bool = False
+
+
+@dataclass
+class YeetConfig:
+    """Primary config of ``ezpz-yeet-env`` and of the worker ``python -m ezpz.transfer``."""
+
+    machine: MachineConfig = field(default_factory=MachineConfig)
+    launcher: LauncherConfig = field(default_factory=LauncherConfig)
+    transfer: TransferConfig = field(default_factory=TransferConfig)
+    #: Used when transfer.src is omitted or a directory and the env must be packed first.
+    tar_env: TarEnvConfig = field(default_factory=TarEnvConfig)
+
+
+@dataclass
+class LaunchConfig:
+    """Primary config of ``ezpz-launch``."""
+
+    machine: MachineConfig = field(default_factory=MachineConfig)
+    launcher: LauncherConfig = field(default_factory=LauncherConfig)
+    #: The command to run on every process (or give it after ``--``).
+    cmd: list[str] = field(default_factory=list)
+
+
+def register_configs() -> None:
+    """Store the schemas in Hydra's ConfigStore (idempotent; imports Hydra lazily)."""
+    from hydra.core.config_store import ConfigStore
+
+    cs = ConfigStore.instance()
+    cs.store(group="schema", name="machine", node=MachineConfig, provider="ezpz")
+    cs.store(group="schema", name="launcher", node=LauncherConfig, provider="ezpz")
+    cs.store(group="schema", name="transfer", node=TransferConfig, provider="ezpz")
+    cs.store(group="schema", name="tar_env", node=TarEnvConfig, provider="ezpz")
+    cs.store(group="schema", name="yeet", node=YeetConfig, provider="ezpz")
+    cs.store(group="schema", name="launch", node=LaunchConfig, provider="ezpz")

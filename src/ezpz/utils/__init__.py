@@ -1,0 +1,1 @@
+"""Compatibility modules for the original ezpz tools."""

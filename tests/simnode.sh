@@ -1,0 +1,40 @@
+#!/bin/sh
+# Run "$@" as one simulated node: its own mount and UTS namespaces, its own hostname and a
+# private /tmp, so that each MPI rank (or Slurm task) behaves like a separate machine.
+# Needs root (unshare -m -u). Used by tests/simnodes.py and as launcher.wrap=[.../simnode.sh].
+#
+#   EZPZ_SIM_PPN=K        ranks rank//K share one node (default 1 rank per node)
+#   EZPZ_SIM_ROOT=DIR     bind DIR/node<k> on /tmp instead of a fresh tmpfs (shared by a node's ranks)
+#   EZPZ_SIM_TMP_SIZE=SZ  size of the private tmpfs (default 4g)
+#   EZPZ_SIM_TMP_RO=N     mount node N's /tmp read-only (a failing node)
+#   EZPZ_SIM_OUT=DIR      write rc.<rank> (and out.<rank> when EZPZ_SIM_CAPTURE=1) there
+#   EZPZ_SIM_CHECK=FILE   python script run inside the node after the command, before /tmp
+#                         vanishes; its stdout goes to DIR/check.<rank>
+#   EZPZ_SIM_PYTHON=EXE   interpreter for the check script (default python3)
+exec unshare -m -u --propagation private /bin/sh -c '
+rank=${PMI_RANK:-${SLURM_PROCID:-${RANK:-0}}}
+ppn=${EZPZ_SIM_PPN:-1}
+node=$((rank / ppn))
+if [ -n "$SLURMD_NODENAME" ]; then hostname "$SLURMD_NODENAME"; node=$SLURMD_NODENAME
+else hostname "node$node"; node="node$node"; fi
+if [ -n "$EZPZ_SIM_ROOT" ]; then
+  mkdir -p "$EZPZ_SIM_ROOT/$node" && mount --bind "$EZPZ_SIM_ROOT/$node" /tmp || exit 97
+else
+  mount -t tmpfs -o "size=${EZPZ_SIM_TMP_SIZE:-4g}" tmpfs /tmp || exit 97
+fi
+if [ -n "$EZPZ_SIM_TMP_RO" ] && [ "$EZPZ_SIM_TMP_RO" = "$node" ]; then
+  mount -o remount,ro /tmp || exit 97
+fi
+if [ -n "$EZPZ_SIM_OUT" ] && [ "$EZPZ_SIM_CAPTURE" = 1 ]; then
+  "$@" >"$EZPZ_SIM_OUT/out.$rank" 2>&1; rc=$?
+else
+  "$@"; rc=$?
+fi
+if [ -n "$EZPZ_SIM_OUT" ]; then
+  echo "$rc" >"$EZPZ_SIM_OUT/rc.$rank"
+  if [ -n "$EZPZ_SIM_CHECK" ]; then
+    "${EZPZ_SIM_PYTHON:-python3}" "$EZPZ_SIM_CHECK" >"$EZPZ_SIM_OUT/check.$rank" 2>&1
+  fi
+fi
+exit "$rc"
+' simnode "$@"
