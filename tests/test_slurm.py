@@ -1,0 +1,198 @@
+"""ezpz inside real allocations of a throwaway 3-node Slurm cluster (tests/slurm_cluster.py).
+
+Each Slurm node is a ``slurmd -N simK`` on this machine; wrapped in tests/simnode.sh a task
+gets the node's name as hostname and a private /tmp, as on a real cluster.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+import simnodes
+import slurm_cluster as cluster_mod
+from slurm_cluster import ClusterError, SlurmCluster, slurm_cluster  # noqa: F401  (fixture)
+
+pytestmark = pytest.mark.slurm
+
+BIN = Path(sys.executable).parent
+
+MPI_PROBE = r"""
+import json, os, socket
+from mpi4py import MPI
+comm = MPI.COMM_WORLD
+before = sorted(os.listdir("/tmp"))
+with open(f"/tmp/mark.{comm.rank}", "w") as fh:
+    fh.write(socket.gethostname())
+comm.Barrier()   # every rank has written its file before anyone looks
+after = sorted(os.listdir("/tmp"))
+hosts = comm.allgather(socket.gethostname())
+print(json.dumps({"rank": comm.rank, "size": comm.size, "host": socket.gethostname(),
+                  "node": os.environ.get("SLURMD_NODENAME"), "hosts": hosts,
+                  "before": before, "after": after}))
+"""
+
+ALLOC_PROBE = r"""
+import json, os
+from ezpz.hosts import detect_machine
+print(json.dumps({"nodelist": os.environ.get("SLURM_JOB_NODELIST"),
+                  "nnodes": os.environ.get("SLURM_JOB_NUM_NODES"),
+                  "machine": detect_machine()}))
+"""
+
+DISCOVERY_PROBE = r"""
+import json
+try:
+    from ezpz.hosts import discover_hosts
+except ImportError as exc:
+    print(json.dumps({"missing": str(exc)}))
+else:
+    found = discover_hosts()
+    print(json.dumps({"hosts": found.hosts, "source": found.source}))
+"""
+
+
+@pytest.fixture
+def simnodes_root():
+    ok, why = simnodes.namespaces_available()
+    if not ok:
+        pytest.skip(why)
+
+
+def last_json(text: str) -> dict:
+    return json.loads(text.strip().splitlines()[-1])
+
+
+def test_sinfo_shows_three_idle_nodes(slurm_cluster):
+    p = slurm_cluster.run(["sinfo", "-h", "-N", "-o", "%N %T %c"])
+    assert p.returncode == 0, slurm_cluster.explain(p)
+    rows = sorted(line.split() for line in p.stdout.splitlines())
+    assert rows == [["sim1", "idle", "2"], ["sim2", "idle", "2"], ["sim3", "idle", "2"]], \
+        slurm_cluster.explain(p)
+
+
+@pytest.mark.simnodes
+def test_srun_pmi2_forms_one_mpi_world_of_isolated_nodes(slurm_cluster, simnodes_root,
+                                                         tmp_path):
+    """srun --mpi=pmi2 (no mpiexec) wires mpi4py + the MPICH wheel into one 3-rank world."""
+    out = tmp_path / "nodes"
+    out.mkdir()
+    env = simnodes.sim_env(out, capture=True)
+    p = slurm_cluster.run(["srun", "-N3", "--ntasks-per-node=1", "--mpi=pmi2",
+                           simnodes.SIMNODE, sys.executable, "-c", MPI_PROBE], env=env)
+    nodes = simnodes.collect(out, 3)
+    assert p.returncode == 0, slurm_cluster.explain(p) + "".join(n.output for n in nodes)
+    seen = [last_json(n.output) for n in nodes]
+    assert [s["rank"] for s in seen] == [0, 1, 2]
+    assert all(s["size"] == 3 for s in seen)
+    # each task runs on its own Slurm node and has that node's hostname
+    assert [s["node"] for s in seen] == ["sim1", "sim2", "sim3"]
+    assert [s["host"] for s in seen] == ["sim1", "sim2", "sim3"]
+    assert all(s["hosts"] == ["sim1", "sim2", "sim3"] for s in seen)
+    for s in seen:
+        assert s["before"] == [], "a node's /tmp must start empty"
+        assert s["after"] == [f"mark.{s['rank']}"], "a node must not see other nodes' files"
+    # the check ran inside each node, before its private /tmp vanished
+    assert [n.host for n in nodes] == ["sim1", "sim2", "sim3"]
+    assert [list(n.tmp) for n in nodes] == [["mark.0"], ["mark.1"], ["mark.2"]]
+
+
+@pytest.mark.simnodes
+def test_srun_reports_a_failing_node(slurm_cluster, simnodes_root, tmp_path):
+    """The harness can make one node fail: its /tmp is read-only (EZPZ_SIM_TMP_RO)."""
+    out = tmp_path / "nodes"
+    out.mkdir()
+    env = simnodes.sim_env(out, capture=True, readonly_node="sim2")
+    code = "open('/tmp/x', 'w').write('hi')"
+    p = slurm_cluster.run(["srun", "-N3", "--ntasks-per-node=1", simnodes.SIMNODE,
+                           sys.executable, "-c", code], env=env)
+    nodes = simnodes.collect(out, 3)
+    assert p.returncode != 0, slurm_cluster.explain(p)
+    assert [n.rc == 0 for n in nodes] == [True, False, True], [n.output for n in nodes]
+    assert "Read-only file system" in nodes[1].output
+
+
+def test_allocation_nodelist_and_machine_detection(slurm_cluster, tmp_path):
+    p = slurm_cluster.salloc(2, [sys.executable, "-c", ALLOC_PROBE])
+    assert p.returncode == 0, slurm_cluster.explain(p)
+    seen = last_json(p.stdout)
+    assert seen == {"nodelist": "sim[1-2]", "nnodes": "2", "machine": "slurm"}
+
+
+def test_machine_auto_resolves_to_slurm_inside_an_allocation(slurm_cluster, tmp_path):
+    """The installed CLI, run inside an allocation, composes the ``slurm`` preset."""
+    argv = [str(BIN / "ezpz-launch"), "--cfg", "job", "launcher=srun"]
+    inside = slurm_cluster.salloc(1, argv, env={**os.environ, "HOME": str(tmp_path)})
+    assert inside.returncode == 0, slurm_cluster.explain(inside)
+    assert "name: slurm" in inside.stdout
+    assert "srun_mpi: pmi2" in inside.stdout
+    # the same command outside any allocation (and on this host) picks the local preset
+    outside = slurm_cluster.run(argv)
+    assert outside.returncode == 0, slurm_cluster.explain(outside)
+    assert "name: local" in outside.stdout
+
+
+def test_host_discovery_expands_the_allocation_nodelist(slurm_cluster):
+    p = slurm_cluster.salloc(2, [sys.executable, "-c", DISCOVERY_PROBE])
+    assert p.returncode == 0, slurm_cluster.explain(p)
+    seen = last_json(p.stdout)
+    if "missing" in seen:
+        pytest.skip(f"ezpz.hosts.discover_hosts is not available: {seen['missing']}")
+    assert seen == {"hosts": ["sim1", "sim2"], "source": "SLURM_JOB_NODELIST=sim[1-2]"}
+    p = slurm_cluster.salloc(3, [sys.executable, "-c", DISCOVERY_PROBE])
+    assert p.returncode == 0, slurm_cluster.explain(p)
+    assert last_json(p.stdout)["hosts"] == ["sim1", "sim2", "sim3"]
+
+
+def test_node_names_resolve_to_loopback_while_the_cluster_runs(slurm_cluster):
+    import socket
+
+    assert [socket.gethostbyname(n) for n in slurm_cluster.nodes] == ["127.0.0.1"] * 3
+
+
+def test_a_cluster_that_cannot_start_says_why_and_leaves_nothing_running(
+        slurm_cluster, tmp_path, monkeypatch):
+    """A slurmd whose port is taken: start() fails naming it, shows its log, ends the rest."""
+    import socket
+
+    busy = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    real = cluster_mod.free_ports
+
+    def with_busy_port(n):
+        ports = real(n)
+        ports[2] = busy.getsockname()[1]   # sim2's port
+        return ports
+
+    monkeypatch.setattr(cluster_mod, "free_ports", with_busy_port)
+    broken = SlurmCluster(tmp_path / "broken")
+    started = []
+    spawn = broken._spawn
+
+    def record(name, argv):
+        proc = spawn(name, argv)
+        started.append(proc)
+        return proc
+
+    monkeypatch.setattr(broken, "_spawn", record)
+    try:
+        with pytest.raises(ClusterError) as err:
+            broken.start(timeout=30)
+    finally:
+        busy.close()
+    text = str(err.value)
+    assert "slurmd.sim2 exited" in text
+    assert "Address already in use" in text        # from sim2's own log
+    assert "slurmd.sim2.out" in text or "slurmd.sim2.log" in text
+    assert len(started) == 5                       # munged, slurmctld, 3 slurmd
+    assert all(p.poll() is not None for p in started), "start() must end what it started"
+    assert broken.running_pids() == []
+    assert str(broken.root) not in Path("/etc/hosts").read_text()
+    # the session's cluster is untouched
+    assert sorted(slurm_cluster.node_states().items()) == [
+        ("sim1", "idle"), ("sim2", "idle"), ("sim3", "idle")]
