@@ -349,17 +349,19 @@ class SlurmCluster:
 
     # ------------------------------------------------------------------ running jobs
     def salloc(self, nodes: int, argv: Sequence[str], *, env: Mapping[str, str] | None = None,
-               timeout: float = 120, salloc_args: Sequence[str] = ()) -> subprocess.CompletedProcess:
+               timeout: float = 120, cwd: str | os.PathLike[str] | None = None,
+               salloc_args: Sequence[str] = ()) -> subprocess.CompletedProcess:
         """Run ``argv`` inside ``salloc -N nodes`` (the way a user's job script runs)."""
         cmd = ["salloc", "-N", str(nodes), "--quiet", *salloc_args, "--", *argv]
-        return self.run(cmd, env=env, timeout=timeout)
+        return self.run(cmd, env=env, timeout=timeout, cwd=cwd)
 
     def run(self, cmd: Sequence[str], *, env: Mapping[str, str] | None = None,
-            timeout: float = 120) -> subprocess.CompletedProcess:
+            timeout: float = 120, cwd: str | os.PathLike[str] | None = None
+            ) -> subprocess.CompletedProcess:
         """Run any client command against this cluster; a timeout becomes returncode -9."""
         try:
             return subprocess.run(list(cmd), capture_output=True, text=True,
-                                  env=self.env(base=env), timeout=timeout,
+                                  env=self.env(base=env), timeout=timeout, cwd=cwd,
                                   stdin=subprocess.DEVNULL)
         except subprocess.TimeoutExpired as exc:
             def text(b) -> str:
