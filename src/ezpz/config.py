@@ -83,6 +83,8 @@ class MachineConfig:
     cpu_bind: Optional[str] = None
     #: Slurm's ``srun --mpi=`` plugin.
     srun_mpi: str = "pmi2"
+    #: What starts one process per node under ``launcher=torchrun``: ``mpiexec`` or ``srun``.
+    node_starter: str = "mpiexec"
     #: Environment variables set for launched processes.
     env: dict[str, str] = field(default_factory=dict)
     #: Substrings of known log noise dropped from launched processes' output.
