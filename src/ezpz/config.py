@@ -154,8 +154,11 @@ class TransferConfig:
     relocate: bool = True
     #: Seconds any collective wait may take before the node gives up.
     timeout: float = 600.0
-    #: Times each sweep point is repeated (for medians).
+    #: Times each sweep point is repeated (for medians). In a multirun (-m), repeat=k>1 adds
+    #: the sweep transfer.repeat_index=0,...,k-1, so each point runs as k jobs.
     repeat: int = 1
+    #: Which repeat of its sweep point this run is (set by the sweep; groups runs in reports).
+    repeat_index: int = 0
     #: Succeed when at least this many nodes (or this fraction) succeeded; default: all.
     min_success_nodes: Optional[int] = None
     min_success_fraction: Optional[float] = None
@@ -173,6 +176,9 @@ class TransferConfig:
             raise ConfigError(f"transfer.timeout: must be positive, got {self.timeout}")
         if self.repeat < 1:
             raise ConfigError(f"transfer.repeat: must be at least 1, got {self.repeat}")
+        if self.repeat_index < 0:
+            raise ConfigError(
+                f"transfer.repeat_index: must be 0 or more, got {self.repeat_index}")
         if self.min_success_nodes is not None and self.min_success_nodes < 1:
             raise ConfigError(
                 f"transfer.min_success_nodes: must be at least 1, got {self.min_success_nodes}")

@@ -186,6 +186,24 @@ def _int(value: Any) -> Optional[int]:
     return int(x) if x is not None else None
 
 
+def last_logged_error(job_dir: str) -> str:
+    """The message of the last error line (``[E]``/``[C]``) in the job's ``*.log`` files."""
+    found = ""
+    try:
+        names = sorted(n for n in os.listdir(job_dir) if n.endswith(".log"))
+    except OSError:
+        return ""
+    for name in names:
+        try:
+            with open(os.path.join(job_dir, name), encoding="utf-8", errors="replace") as fh:
+                for line in fh:
+                    if "][E][" in line or "][C][" in line:
+                        found = line.split("] ", 1)[-1].strip()
+        except OSError:
+            continue
+    return found
+
+
 def read_run(job_dir: str, label: str) -> Run:
     """One job directory → Run (a failed Run when it has no results.json)."""
     overrides_list = load_overrides(job_dir)
@@ -199,7 +217,9 @@ def read_run(job_dir: str, label: str) -> Run:
     repeat = overrides.pop(REPEAT_KEY, None)
     run = Run(label=label, path=job_dir, overrides=overrides, repeat_index=_int(repeat))
     if results is None:
-        run.error = f"no {RESULTS_FILE}: the job failed before the transfer ran (see its log)"
+        logged = last_logged_error(job_dir)
+        run.error = f"no {RESULTS_FILE}: the job failed before the transfer ran" + (
+            f" ({logged})" if logged else " (see its log)")
         return run
     run.results = results
     run.status = results["status"]

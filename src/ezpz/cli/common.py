@@ -186,6 +186,23 @@ def validate_overrides(config_name: str, overrides: list[str], multirun: bool) -
     return cfg
 
 
+def with_repeat_sweep(overrides: list[str], cfg: Any) -> list[str]:
+    """For a multirun: ``transfer.repeat=k`` (k > 1) adds ``transfer.repeat_index=0,...,k-1``.
+
+    Hydra then runs every sweep point k times, each repeat its own job (repeats of a point run
+    one after the other), and the sweep summary takes medians over them. Left alone when the
+    config has no ``transfer``, repeat is 1, or the user set ``transfer.repeat_index``.
+    """
+    from omegaconf import OmegaConf
+
+    repeat = OmegaConf.select(cfg, "transfer.repeat", default=None)
+    if not isinstance(repeat, int) or isinstance(repeat, bool) or repeat <= 1:
+        return list(overrides)
+    if any(o.partition("=")[0].lstrip("+~") == "transfer.repeat_index" for o in overrides):
+        return list(overrides)
+    return [*overrides, "transfer.repeat_index=" + ",".join(str(i) for i in range(repeat))]
+
+
 def print_help(prog: str, description: str, config_name: str, groups: Sequence[str],
                overrides: list[str], examples: Sequence[str]) -> None:
     from omegaconf import OmegaConf
@@ -278,11 +295,13 @@ def standard_main(*, prog: str, description: str, config_name: str, groups: Sequ
             or "--shell-completion" in split.flags:
         return run_hydra(config_name, task, split.flags + overrides, prog)
     try:
-        validate_overrides(config_name, overrides, split.multirun)
+        cfg = validate_overrides(config_name, overrides, split.multirun)
     except ConfigError as exc:
         if ezlog.debug_enabled():
             traceback.print_exc()
         return fail(str(exc), EXIT_USAGE)
+    if split.multirun:
+        overrides = with_repeat_sweep(overrides, cfg)
     if detected is not None and "--cfg" not in split.flags and "-c" not in split.flags:
         ezlog.get_logger("ezpz.cli").info("machine=auto resolved to %s", detected)
     return run_hydra(config_name, guard(task), split.flags + overrides, prog)
