@@ -86,6 +86,21 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _kill_session(sid: int) -> None:
+    """SIGKILL every process of session ``sid`` (one this module started with setsid)."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()   # after "pid (comm)": state ppid pgrp session
+        if int(fields[3]) == sid:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(entry.name), signal.SIGKILL)
+
+
 def _tail(path: Path, lines: int = 40) -> str:
     try:
         text = path.read_text(errors="replace").splitlines()
@@ -277,11 +292,7 @@ class SlurmCluster:
     def stop(self, timeout: float = 15) -> None:
         """Cancel leftover jobs, then end every process this cluster started, by PID."""
         if self.procs.get("slurmctld") and self.procs["slurmctld"].poll() is None:
-            self._quiet(["scancel", "--full", "--quiet", "--partition=sim"], timeout=5)
-            deadline = time.monotonic() + 5
-            while time.monotonic() < deadline and self._quiet(
-                    ["squeue", "-h", "-o", "%i"], timeout=5).stdout.strip():
-                time.sleep(0.2)
+            self.cancel_all()
         order = [f"slurmd.{n}" for n in self.nodes] + ["slurmctld", "munged"]
         for name in order:
             proc = self.procs.get(name)
@@ -358,16 +369,33 @@ class SlurmCluster:
     def run(self, cmd: Sequence[str], *, env: Mapping[str, str] | None = None,
             timeout: float = 120, cwd: str | os.PathLike[str] | None = None
             ) -> subprocess.CompletedProcess:
-        """Run any client command against this cluster; a timeout becomes returncode -9."""
+        """Run any client command against this cluster.
+
+        On timeout the command's whole process group is killed, every job still in the
+        cluster is cancelled (so no allocation outlives its test) and the result has
+        returncode -9.
+        """
+        proc = subprocess.Popen(list(cmd), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                stdin=subprocess.DEVNULL, text=True, env=self.env(base=env),
+                                cwd=cwd, start_new_session=True)
         try:
-            return subprocess.run(list(cmd), capture_output=True, text=True,
-                                  env=self.env(base=env), timeout=timeout, cwd=cwd,
-                                  stdin=subprocess.DEVNULL)
-        except subprocess.TimeoutExpired as exc:
-            def text(b) -> str:
-                return b.decode(errors="replace") if isinstance(b, bytes) else (b or "")
-            return subprocess.CompletedProcess(list(cmd), -9, text(exc.stdout),
-                                               text(exc.stderr) + f"\n[timed out after {timeout}s]")
+            stdout, stderr = proc.communicate(timeout=timeout)
+            return subprocess.CompletedProcess(list(cmd), proc.returncode, stdout, stderr)
+        except subprocess.TimeoutExpired:
+            # salloc puts the command in a process group of its own, in our session
+            _kill_session(proc.pid)
+            stdout, stderr = proc.communicate()
+            self.cancel_all()
+            return subprocess.CompletedProcess(list(cmd), -9, stdout,
+                                               stderr + f"\n[timed out after {timeout}s]")
+
+    def cancel_all(self, wait: float = 5) -> None:
+        """Cancel every job of this cluster and wait (bounded) until the queue is empty."""
+        self._quiet(["scancel", "--full", "--quiet", "--partition=sim"], timeout=5)
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline and self._quiet(
+                ["squeue", "-h", "-o", "%i"], timeout=5).stdout.strip():
+            time.sleep(0.2)
 
     def explain(self, p: subprocess.CompletedProcess | None = None) -> str:
         """A failure message: the command, its output and the daemons' recent logs."""

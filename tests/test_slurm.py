@@ -344,3 +344,14 @@ def test_yeet_env_fails_naming_the_node_whose_tmp_is_read_only(slurm_cluster, si
     # the healthy nodes got the environment, the read-only one has nothing
     assert "ezpzprobe" in nodes[0].tmp and "ezpzprobe" in nodes[2].tmp, [n.tmp for n in nodes]
     assert nodes[1].tmp == {} or "ezpzprobe" not in nodes[1].tmp
+
+
+def test_a_command_that_times_out_leaves_no_allocation_behind(slurm_cluster):
+    p = slurm_cluster.salloc(1, ["sleep", "97.25"], timeout=3)
+    assert p.returncode == -9 and "timed out" in p.stderr
+    q = slurm_cluster.run(["squeue", "-h", "-o", "%i %T"])
+    assert q.returncode == 0 and q.stdout.strip() == "", slurm_cluster.explain(q)
+    # nothing of the command is left running either
+    import subprocess
+    left = subprocess.run(["pgrep", "-f", "-x", "sleep 97.25"], capture_output=True, text=True)
+    assert left.stdout.strip() == ""
