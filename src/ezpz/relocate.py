@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Optional
 
-from .errors import EXIT_FAILURE, EXIT_USAGE, RelocateError
+from .errors import EXIT_FAILURE, EXIT_USAGE, EzpzError, RelocateError
 from .log import get_logger
 from .manifest import BUNDLED_PYTHON_RELPATH, MANIFEST_RELPATH, Manifest, PrefixFile
 
@@ -615,8 +615,11 @@ def _scan_prefix_files(root: Path, old: str) -> list[tuple[str, str]]:
     except ImportError:
         find_prefix_files = None
     if find_prefix_files is not None:
-        found: list[PrefixFile] = find_prefix_files(str(root), old)
-        return [(p.path, p.mode) for p in found]
+        try:
+            found: list[PrefixFile] = find_prefix_files(str(root), old)
+        except EzpzError as exc:
+            raise RelocateError(f"cannot relocate {root}: {exc}") from None
+        return [(p.path, p.mode) for p in found if not p.path.endswith(_SKIP_SUFFIXES)]
     needle = [os.fsencode(old)]
     out = []
     for dirpath, dirnames, filenames in os.walk(root):
