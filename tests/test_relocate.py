@@ -437,3 +437,39 @@ def test_activation_hint_quotes():
     assert activation_hint("venv", "/tmp/env") == "source /tmp/env/bin/activate"
     assert activation_hint("conda", "/tmp/env") == "conda activate /tmp/env"
     assert activation_hint("venv", "/tmp/my env") == "source '/tmp/my env/bin/activate'"
+
+
+def test_long_new_prefix_shebangs(tmp_path):
+    """Past 127 bytes a Python script gets pip's trampoline and still runs; any other
+    interpreter keeps a plain shebang (the trampoline is only valid Python)."""
+    old = "/opt/ezpz-gone/env"
+    stage = tmp_path / "stage"
+    (stage / "conda-meta").mkdir(parents=True)
+    (stage / "bin").mkdir()
+    (stage / "bin" / "hello").write_bytes(f"#!{old}/bin/python3 -s\nimport sys\n"
+                                          "print('hello', sys.argv[1:])\n".encode())
+    (stage / "bin" / "tool.sh").write_bytes(f"#!{old}/bin/bash\necho hi\n".encode())
+    (stage / "bin" / "plain").write_bytes(b"#!/usr/bin/env python3\nprint(1)\n")
+    new = tmp_path / ("long-" + "y" * 130) / "env"
+    report = relocate(stage, new_prefix=new, old_prefix=old)
+    assert report.files_rewritten == 2
+    assert (stage / "bin" / "hello").read_bytes() == (
+        f"#!/bin/sh\n'''exec' {new}/bin/python3 -s \"$0\" \"$@\"\n' '''\nimport sys\n"
+        "print('hello', sys.argv[1:])\n").encode()
+    assert (stage / "bin" / "tool.sh").read_bytes() == f"#!{new}/bin/bash\necho hi\n".encode()
+    assert (stage / "bin" / "plain").read_bytes() == b"#!/usr/bin/env python3\nprint(1)\n"
+    # The trampoline runs: point the new prefix's python at this interpreter.
+    stage.rename(tmp_path / "moved")
+    new.parent.mkdir()
+    os.symlink(tmp_path / "moved", new)
+    os.symlink(sys.executable, new / "bin" / "python3")
+    os.chmod(new / "bin" / "hello", 0o755)
+    p = run([new / "bin" / "hello", "a b"])
+    assert p.returncode == 0, p.stderr
+    assert p.stdout == "hello ['a b']\n"
+
+
+def test_root_old_prefix_refused(tmp_path):
+    (tmp_path / "conda-meta").mkdir()
+    with pytest.raises(RelocateError, match=r"old prefix '/' is not an absolute path below /"):
+        relocate(tmp_path, old_prefix="/")

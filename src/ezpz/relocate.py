@@ -148,8 +148,9 @@ def relocate(root: str | os.PathLike[str], new_prefix: str | os.PathLike[str] | 
         raise RelocateError(f"cannot relocate {root_p}: no manifest and no old prefix found in "
                             "bin/activate, pyvenv.cfg or script shebangs; pass --from OLD_PREFIX")
     old = os.path.normpath(old)
-    if not os.path.isabs(old):
-        raise RelocateError(f"cannot relocate {root_p}: old prefix {old!r} is not absolute")
+    if not os.path.isabs(old) or old == os.sep:
+        raise RelocateError(f"cannot relocate {root_p}: old prefix {old!r} is not an absolute "
+                            "path below /")
     if bundled:
         bundled = os.path.normpath(bundled)
         if not (root_p / BUNDLED_PYTHON_RELPATH).is_dir():
@@ -345,8 +346,14 @@ class _Plan:
             for tmp, _ in staged:
                 _unlink_quiet(tmp)
             raise
-        for tmp, final in staged:
-            os.replace(tmp, final)
+        for i, (tmp, final) in enumerate(staged):
+            try:
+                os.replace(tmp, final)
+            except OSError as exc:
+                for left, _ in staged[i:]:
+                    _unlink_quiet(left)
+                raise RelocateError(f"relocation of {self.root} stopped half-way: cannot replace "
+                                    f"{final}: {exc.strerror or exc}; unpack it again") from None
         return len(staged) - len(self.links) - len(self.writes), len(self.links)
 
     def _precheck(self) -> None:
@@ -504,9 +511,17 @@ def _rewrite_shebang(data: bytes, rw: _Rewriter) -> tuple[bytes, bytes]:
 
 
 def _build_shebang(exe: bytes, args: list[bytes]) -> bytes:
-    """The first line(s) of a script run by ``exe``, without the newline that follows."""
+    """The first line(s) of a script run by ``exe``, without the newline that follows.
+
+    The ``exec`` trampoline is valid Python only: any other interpreter keeps a plain
+    shebang (newer kernels accept up to 255 bytes).
+    """
     post = b"".join(b" " + a for a in args)
-    if b" " not in exe and b"\t" not in exe and len(exe) + len(post) + 3 <= MAX_SHEBANG:
+    fits = b" " not in exe and b"\t" not in exe and len(exe) + len(post) + 3 <= MAX_SHEBANG
+    if fits or not os.path.basename(exe).startswith((b"python", b"pypy")):
+        if not fits:
+            log.warning("shebang #!%s is longer than %d bytes or holds a space; it may not run",
+                        os.fsdecode(exe), MAX_SHEBANG)
         return b"#!" + exe + post
     quoted = os.fsencode(shlex.quote(os.fsdecode(exe)))
     quoted_args = b"".join(b" " + os.fsencode(shlex.quote(os.fsdecode(a))) for a in args)
