@@ -473,3 +473,56 @@ def test_root_old_prefix_refused(tmp_path):
     (tmp_path / "conda-meta").mkdir()
     with pytest.raises(RelocateError, match=r"old prefix '/' is not an absolute path below /"):
         relocate(tmp_path, old_prefix="/")
+
+
+# ---------------------------------------------------------------------------------------------
+# on simulated nodes: each node unpacks into a staging directory in its private /tmp,
+# relocates to /tmp/env and renames, as the transfer worker's last steps do
+
+NODE_UNPACK = """
+import os, sys, tarfile
+from ezpz.relocate import activation_hint, relocate
+os.makedirs('/tmp/.stage')
+with tarfile.open(sys.argv[1]) as tf:
+    tf.extractall('/tmp/.stage', filter='tar')
+report = relocate('/tmp/.stage/env', new_prefix='/tmp/env')
+os.rename('/tmp/.stage/env', '/tmp/env')
+print(activation_hint(report.kind, '/tmp/env'))
+"""
+
+NODE_GREP = """
+import os, sys
+root, old = sys.argv[1], sys.argv[2].encode()
+for d, _, names in os.walk(root):
+    for n in names:
+        p = os.path.join(d, n)
+        if not os.path.islink(p) and not n.endswith('.pyc') and old in open(p, 'rb').read():
+            print(p)
+"""
+
+
+@pytest.mark.simnodes
+def test_venv_delivered_to_two_nodes_runs_there(packed_venv, run_nodes):
+    old = packed_venv["old"]
+    assert not old.exists()
+    py = "/tmp/env/bin/python"
+    run = run_nodes(2, [sys.executable, "-c", NODE_UNPACK, str(packed_venv["manifest"])],
+                    run_in_node=[[py, "-c", f"import sys, {PKG}; print(sys.prefix)"],
+                                 [f"/tmp/env/bin/{PKG}"],
+                                 ["/tmp/env/bin/pip", "--version"],
+                                 ["sh", "-c", '. "$1/bin/activate"; echo "$VIRTUAL_ENV"', "sh",
+                                  "/tmp/env"],
+                                 [sys.executable, "-c", NODE_GREP, "/tmp/env", str(old)]])
+    assert run.returncode == 0, run.output
+    assert sorted(n.host for n in run.nodes) == ["node0", "node1"]
+    for node in run.nodes:
+        assert node.rc == 0, node.output
+        assert node.output.strip().splitlines()[-1] == "source /tmp/env/bin/activate"
+        prefix, script, pip, activate, grep = node.runs
+        assert all(r["rc"] == 0 for r in node.runs), node.runs
+        assert prefix["stdout"].strip() == "/tmp/env"
+        assert script["stdout"].strip() == "ezpzdemo runs in /tmp/env"
+        assert "from /tmp/env/lib/" in pip["stdout"]
+        assert activate["stdout"].strip() == "/tmp/env"
+        assert grep["stdout"] == ""
+        assert not [k for k in node.tmp if k.startswith(".stage/")]
