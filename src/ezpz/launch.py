@@ -464,6 +464,10 @@ def run_command(command: Sequence[str] | str, filters: Optional[Iterable[str]] =
     reader.join(timeout=5.0)
     if rc < 0:
         rc = 128 - rc
+    if received and rc < 128:
+        # Interrupted: report the signal (130 for SIGINT, 143 for SIGTERM) whatever exit
+        # status the launcher chose for its killed ranks.
+        rc = 128 + received[0]
     elapsed = time.monotonic() - start
     if counts[0]:
         log.info("dropped %d filtered lines", counts[0])
@@ -480,10 +484,10 @@ def _signal_group(proc: subprocess.Popen, signum: int) -> None:
 
 def run_plan(plan: LaunchPlan, *, dry_run: bool = False, out: Optional[IO[str]] = None) -> int:
     """Log the resolved command; print it and return 0 for a dry run, else run it."""
-    log.info("command: %s", plan.command_line())
     if plan.env:
         log.info("environment: %s", " ".join(f"{k}={v}" for k, v in plan.env.items()))
     if dry_run:
+        log.info("dry run (launcher.dry_run=true): printing the command, running nothing")
         print(plan.command_line(), file=out or sys.stdout)
         return 0
     return run_command(plan.argv, plan.filters, env=plan.child_env(), out=out)
