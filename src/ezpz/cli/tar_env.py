@@ -5,19 +5,24 @@ from __future__ import annotations
 import sys
 from typing import Any, Sequence
 
-from ..errors import EzpzError
-from .common import standard_main
+from .common import standard_main, to_settings
 
 DESCRIPTION = "pack a venv or conda environment into one verified, relocatable archive"
 EXAMPLES = (
     "ezpz-tar-env",
     "ezpz-tar-env env.prefix=/lus/proj/envs/myenv archive.codec=zstd archive.level=5",
     "ezpz-tar-env archive.path=/lus/proj/envs/myenv.tar.zst overwrite=true",
+    "ezpz-tar-env 'exclude=[**/__pycache__]' archive.codec=gzip",
 )
 
 
 def task(cfg: Any) -> int:
-    raise EzpzError("ezpz-tar-env is not implemented yet")
+    from ..tar_env import pack
+
+    path = pack(to_settings(cfg))
+    # The last line on stdout is the archive path, for scripts to capture.
+    print(path, flush=True)
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
