@@ -1,12 +1,30 @@
-"""Entry point ``ezpz-yeet-env``: broadcast an environment archive to every node's /tmp."""
+"""Entry point ``ezpz-yeet-env``: broadcast an environment archive to every node's /tmp.
+
+One run: compose the config, check ``transfer.src`` (pack the environment first when it is
+a directory or omitted), find the job's nodes, build a launch command with one process per
+node, start ``python -m ezpz.transfer`` on every node with this run's *resolved* config
+(saved next to Hydra's own copy), filter the machine's log noise, then say how to activate
+the delivered environment and exit with the worker's status.
+
+The original flags still work: ``ezpz-yeet-env --src X [--dst Y] [--d] [--chunk_size N]
+[--overwrite]`` (translated to ``transfer.*`` overrides).
+"""
 
 from __future__ import annotations
 
+import copy
+import json
+import os
+import re
 import sys
-from typing import Any, Sequence
+import traceback
+from pathlib import Path
+from typing import Any, Optional, Sequence
 
-from ..errors import EzpzError
-from .common import standard_main
+from ..config import YeetConfig
+from ..errors import EXIT_FAILURE, ConfigError, EzpzError
+from ..log import debug_enabled, get_logger
+from .common import fail, standard_main, to_settings
 
 DESCRIPTION = "deliver an environment archive to node-local /tmp on every node of the job"
 EXAMPLES = (
@@ -14,16 +32,236 @@ EXAMPLES = (
     "ezpz-yeet-env machine=aurora transfer.src=env.tar.zst transfer.chunk_size=64MiB",
     "ezpz-yeet-env launcher=torchrun transfer.src=env.tar.zst",
     "ezpz-yeet-env -m transfer.src=env.tar.zst transfer.chunk_size=4MiB,16MiB,64MiB",
+    "ezpz-yeet-env --src env.tar.zst --dst /tmp/env   (original flags)",
 )
+#: The resolved config handed to the worker, in the run directory.
+RESOLVED_CONFIG = "ezpz-yeet.yaml"
+RESULTS_FILE = "results.json"
+
+log = get_logger(__name__)
+
+
+# --------------------------------------------------------------------------------------
+# original flags → overrides
+# --------------------------------------------------------------------------------------
+def hydra_quote(value: str) -> str:
+    """``value`` as one quoted Hydra override value that parses back to exactly ``value``."""
+    text = re.sub(r"(\\+)(?='|$)", lambda m: m.group(1) * 2, value)
+    text = text.replace("'", "\\'").replace("${", "\\${")
+    return f"'{text}'"
+
+
+_COMPAT_VALUE = {"--src": "transfer.src", "--dst": "transfer.dst",
+                 "--chunk_size": "transfer.chunk_size", "--chunk-size": "transfer.chunk_size"}
+_COMPAT_FLAG = {"--d": "transfer.decompress=true", "--decompress": "transfer.decompress=true",
+                "--overwrite": "transfer.overwrite=true"}
+
+
+def translate_compat(argv: Sequence[str]) -> list[str]:
+    """``--src X --dst Y --d --chunk_size N --overwrite`` → ``transfer.*`` overrides.
+
+    ``--flag=value`` works too. Anything else is passed through unchanged.
+    """
+    out: list[str] = []
+    args = list(argv)
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        name, eq, inline = arg.partition("=")
+        if name in _COMPAT_VALUE and arg.startswith("--"):
+            if eq:
+                value = inline
+            elif i + 1 < len(args):
+                i += 1
+                value = args[i]
+            else:
+                raise ConfigError(f"{name} needs a value")
+            out.append(f"{_COMPAT_VALUE[name]}={hydra_quote(value)}")
+        elif arg in _COMPAT_FLAG:
+            out.append(_COMPAT_FLAG[arg])
+        else:
+            out.append(arg)
+        i += 1
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# the run
+# --------------------------------------------------------------------------------------
+def resolve_backend(launcher_name: str, backend: str) -> str:
+    """``auto`` → ``torch`` under torchrun (its processes are not one MPI job), else ``mpi``."""
+    if launcher_name == "torchrun":
+        if backend == "mpi":
+            raise ConfigError("transfer.backend=mpi cannot be used with launcher=torchrun "
+                              "(torchrun's processes are not one MPI job): use "
+                              "transfer.backend=torch or auto, or launcher=mpiexec")
+        return "torch"
+    return "mpi" if backend == "auto" else backend
+
+
+def check_src(src: Optional[str]) -> tuple[Optional[Path], Optional[Path]]:
+    """``(archive, env_to_pack)``: an existing file is the archive; a directory (or nothing:
+    the running environment) must be packed first. A missing path is a ConfigError."""
+    if src is None:
+        return None, Path(sys.prefix)
+    path = Path(src).expanduser()
+    if path.is_dir():
+        return None, path.resolve()
+    if path.is_file():
+        return path.resolve(), None
+    if path.exists():
+        raise ConfigError(f"transfer.src: {src!r} is neither a file nor a directory")
+    raise ConfigError(f"transfer.src: {src!r} does not exist (give an archive made by "
+                      "ezpz-tar-env, an environment directory to pack, or nothing to pack "
+                      "the running environment)")
+
+
+def _pack(settings: YeetConfig, prefix: Path, dry_run: bool) -> Path:
+    try:
+        from .. import tar_env
+    except ImportError as exc:  # pragma: no cover - the packer ships with ezpz
+        raise ConfigError(f"transfer.src: {prefix} must be packed first, but the packer is "
+                          f"not available ({exc}); run ezpz-tar-env and give the archive") from exc
+    if dry_run:
+        out = tar_env.resolve_output(settings.tar_env.archive.path, prefix,
+                                     settings.tar_env.archive.codec)
+        log.info("dry run: would pack %s into %s first", prefix, out)
+        return Path(out)
+    log.info("packing %s first (transfer.src is %s)", prefix,
+             "a directory" if settings.transfer.src else "not given")
+    return Path(tar_env.pack(settings.tar_env, prefix=str(prefix)))
+
+
+def _run_dir() -> Path:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return Path(HydraConfig.get().runtime.output_dir)
+    except Exception:  # noqa: BLE001 - called outside a Hydra run
+        import tempfile
+
+        return Path(tempfile.mkdtemp(prefix="ezpz-yeet-"))
+
+
+def worker_argv(config_file: Path, run_dir: Path) -> list[str]:
+    return [sys.executable, "-m", "ezpz.transfer", "--config-file", str(config_file),
+            "--run-dir", str(run_dir)]
+
+
+def _activation(results: dict[str, Any], archive: Optional[Path]) -> Optional[str]:
+    dst = results.get("dst")
+    if not dst:
+        return None
+    kind = results.get("kind")
+    if not kind and archive is not None:
+        try:
+            from ..archive import read_manifest
+
+            manifest = read_manifest(archive)
+            kind = manifest.kind if manifest else None
+        except Exception:  # noqa: BLE001 - the hint is a courtesy
+            kind = None
+    try:
+        from ..relocate import activation_hint
+
+        return activation_hint(kind or "venv", dst)
+    except ImportError:
+        return f"source {dst}/bin/activate"
 
 
 def task(cfg: Any) -> int:
-    raise EzpzError("ezpz-yeet-env is not implemented yet")
+    from omegaconf import OmegaConf, open_dict
+
+    from ..launch import plan_launch, run_plan
+
+    settings: YeetConfig = to_settings(cfg)
+    launcher = settings.launcher
+    backend = resolve_backend(launcher.name, settings.transfer.backend)
+    archive, to_pack = check_src(settings.transfer.src)
+    run_dir = _run_dir().resolve()
+    config_file = run_dir / RESOLVED_CONFIG
+    # Hosts, GPUs and the command are checked before anything slow (packing) happens.
+    plan = plan_launch(settings.machine, launcher, worker_argv(config_file, run_dir),
+                       one_per_host=True, workdir=str(run_dir))
+    if to_pack is not None:
+        archive = _pack(settings, to_pack, launcher.dry_run)
+    assert archive is not None
+    resolved = copy.deepcopy(cfg)
+    with open_dict(resolved):
+        resolved.transfer.src = str(archive)
+        resolved.transfer.backend = backend
+        if resolved.launcher.hostfile:
+            resolved.launcher.hostfile = os.path.abspath(resolved.launcher.hostfile)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config_file.write_text(OmegaConf.to_yaml(resolved))
+    log.info("transfer of %s with backend=%s to %d nodes; resolved config: %s", archive,
+             backend, plan.topology.nhosts, config_file)
+    rc = run_plan(plan, dry_run=launcher.dry_run)
+    if launcher.dry_run:
+        return rc
+    return _finish(run_dir, rc, archive)
+
+
+def _finish(run_dir: Path, rc: int, archive: Optional[Path]) -> int:
+    results_path = run_dir / RESULTS_FILE
+    if not results_path.exists():
+        log.error("the transfer wrote no %s (launcher exit code %d)", results_path, rc)
+        return rc or EXIT_FAILURE
+    try:
+        results = json.loads(results_path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        log.error("cannot read %s: %s", results_path, exc)
+        return rc or EXIT_FAILURE
+    status = results.get("status")
+    failed = results.get("failed_hosts") or []
+    if failed:
+        log.error("failed on %d node(s): %s", len(failed), ", ".join(map(str, failed)))
+    code = results.get("exit_code")
+    code = int(code) if isinstance(code, int) else (0 if status == "ok" else EXIT_FAILURE)
+    if code == 0 and rc != 0:
+        code = rc
+    if code == 0:
+        hint = _activation(results, archive)
+        if hint:
+            print(f"activate the delivered environment on each node with: {hint}")
+    log.info("results: %s (status %s, exit code %d)", results_path, status, code)
+    return code
+
+
+_INFO_FLAGS = {"--help", "-h", "--cfg", "-c", "--hydra-help", "--version", "--info", "-i",
+               "--shell-completion", "-sc", "-m", "--multirun"}
+
+
+def preflight(args: Sequence[str]) -> None:
+    """Check what a user can get wrong (config, transfer.src, backend, hosts) before Hydra
+    creates a run directory: a refused run writes and starts nothing."""
+    from ..hosts import discover_hosts
+    from ..launch import resolve_topology
+    from .common import resolve_machine, split_argv, validate_overrides
+
+    split = split_argv(args)
+    if any(f in _INFO_FLAGS for f in split.flags):
+        return  # help, printing the config and sweeps are checked by standard_main
+    overrides, _ = resolve_machine(split.overrides)
+    settings: YeetConfig = to_settings(validate_overrides("yeet", overrides, False))
+    resolve_backend(settings.launcher.name, settings.transfer.backend)
+    check_src(settings.transfer.src)
+    hosts = discover_hosts(settings.launcher.hostfile)
+    resolve_topology(ngpus=None, nhosts=settings.launcher.nhosts, ngpu_per_host=1,
+                     hosts_available=len(hosts), gpus_per_host=0)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args = translate_compat(args)
+        preflight(args)
+    except EzpzError as exc:
+        if debug_enabled():
+            traceback.print_exc()
+        return fail(str(exc), exc.exit_code)
     return standard_main(prog="ezpz-yeet-env", description=DESCRIPTION, config_name="yeet",
-                         groups=("machine", "launcher", "transfer"), task=task, argv=argv,
+                         groups=("machine", "launcher", "transfer"), task=task, argv=args,
                          examples=EXAMPLES)
 
 
