@@ -97,9 +97,9 @@ def test_compat_launch_include_python_and_empty_command(capfd):
 # --------------------------------------------------------------------------------------
 # ezpz-launch as users run it
 # --------------------------------------------------------------------------------------
-def _cli(*args, cwd, env=None, **kw):
+def _cli(*args, cwd, env=None, timeout=120):
     return subprocess.run([PY, "-m", "ezpz.cli.launch", *args], cwd=cwd, capture_output=True,
-                          text=True, env=env, timeout=120, **kw)
+                          text=True, env=env, timeout=timeout)
 
 
 def _hf(path: Path) -> str:
@@ -225,3 +225,21 @@ def test_signal_reaches_the_whole_child_group(tmp_path, two_local_hosts, sig):
     assert proc.returncode == 128 + sig, out
     assert f"received {signal.Signals(sig).name}: forwarding to the child's process group" in out
     assert _wait_for(lambda: not any(_alive(pid) for pid in pids), 10), "a rank survived"
+
+
+def test_ezpz_launch_torchrun_one_per_host_with_real_torchrun(tmp_path, two_local_hosts):
+    """mpiexec starts one real torchrun per host; c10d rendezvous on the first host."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    script = tmp_path / "who.py"
+    script.write_text("import os\n"
+                      "open(os.path.join(os.path.dirname(__file__), 'rank.' + os.environ['RANK']),"
+                      " 'w').write(os.environ['WORLD_SIZE'] + ' ' + os.environ['LOCAL_RANK'])\n")
+    p = _cli("machine=local", "launcher=torchrun", _hf(two_local_hosts),
+             f"launcher.rdzv_port={port}", "--", str(script), cwd=tmp_path, timeout=240)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert [(tmp_path / f"rank.{r}").read_text() for r in (0, 1)] == ["2 0", "2 0"]
+    assert f"--rdzv-endpoint=localhost:{port}" in p.stderr
