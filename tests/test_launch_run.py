@@ -243,3 +243,20 @@ def test_ezpz_launch_torchrun_one_per_host_with_real_torchrun(tmp_path, two_loca
     assert p.returncode == 0, p.stdout + p.stderr
     assert [(tmp_path / f"rank.{r}").read_text() for r in (0, 1)] == ["2 0", "2 0"]
     assert f"--rdzv-endpoint=localhost:{port}" in p.stderr
+
+
+def test_ezpz_launch_debug_shows_everything_and_lists_the_filters(tmp_path, chatty,
+                                                                  two_local_hosts):
+    common = ["machine=local", _hf(two_local_hosts), "launcher.nhosts=1",
+              "machine.filters=[Overriding a previously registered kernel,'|CCL_WARN|']",
+              "--", PY, str(chatty)]
+    quiet = _cli(*common, cwd=tmp_path, env={**os.environ, "EZPZ_LOG_LEVEL": "INFO"})
+    assert quiet.returncode == 0, quiet.stderr
+    assert "Overriding" not in quiet.stdout + quiet.stderr and "CCL_WARN|" not in quiet.stdout
+    assert "filtering output with 2 filters" in quiet.stderr
+    loud = _cli(*common, cwd=tmp_path, env={**os.environ, "EZPZ_LOG_LEVEL": "DEBUG"})
+    assert loud.returncode == 0, loud.stderr
+    assert "[W] Overriding a previously registered kernel" in loud.stdout
+    assert "2024:|CCL_WARN| something" in loud.stdout
+    assert ("output filters disabled by EZPZ_LOG_LEVEL=DEBUG: "
+            "['Overriding a previously registered kernel', '|CCL_WARN|']") in loud.stderr

@@ -140,6 +140,19 @@ def test_dry_run_torchrun_uses_the_torch_backend(tmp_path, nodefile, archive):
     assert resolved["transfer"]["backend"] == "torch"
 
 
+def test_torch_backend_under_srun_gets_a_rendezvous_on_the_first_node(tmp_path, archive):
+    env = {**os.environ, "SLURM_JOB_ID": "5", "SLURM_JOB_NODELIST": "sim[1-3]"}
+    for var in ("PBS_NODEFILE", "HOSTFILE", "PBS_JOBID", "EZPZ_LOG_LEVEL"):
+        env.pop(var, None)
+    p = _yeet("machine=slurm", "launcher=srun", "transfer.backend=torch", "launcher.rdzv_port=29777",
+              f"transfer.src={hydra_quote(str(archive))}", "launcher.dry_run=true", cwd=tmp_path,
+              env=env)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip().splitlines()[-1].startswith(
+        f"srun -N 3 --ntasks-per-node=1 --mpi=pmi2 {PY} -m ezpz.transfer --config-file ")
+    assert "environment: MASTER_ADDR=sim1 MASTER_PORT=29777" in p.stderr
+
+
 def test_dry_run_with_a_directory_says_it_would_pack_it(tmp_path, nodefile):
     env_dir = tmp_path / "myenv"
     (env_dir / "bin").mkdir(parents=True)

@@ -290,6 +290,8 @@ class LaunchPlan:
     hostlist: HostList
     hostfile: Optional[str]
     filters: list[str] = field(default_factory=list)
+    #: Every rank starts on this machine (hydra with only local aliases as hosts).
+    local_only: bool = False
 
     def command_line(self) -> str:
         """The argv quoted for display (copy-pastable); never executed through a shell."""
@@ -379,7 +381,7 @@ def plan_launch(machine: MachineConfig, launcher: LauncherConfig, cmd: Sequence[
                       torchrun=find_executable("torchrun"))
     return LaunchPlan(argv=argv, env={str(k): str(v) for k, v in machine.env.items()},
                       topology=topo, hosts=hosts, hostlist=hostlist, hostfile=hostfile,
-                      filters=active_filters(machine, launcher))
+                      filters=active_filters(machine, launcher), local_only=local)
 
 
 # --------------------------------------------------------------------------------------
@@ -412,7 +414,7 @@ def run_command(command: Sequence[str] | str, filters: Optional[Iterable[str]] =
     out = sys.stdout if out is None else out
     active = [f for f in (filters or []) if f]
     if active and debug_enabled():
-        log.debug("output filters disabled by EZPZ_LOG_LEVEL=DEBUG: %s", active)
+        log.info("output filters disabled by EZPZ_LOG_LEVEL=DEBUG: %s", active)
         active = []
     elif active:
         log.info("filtering output with %d filters (EZPZ_LOG_LEVEL=DEBUG shows everything)",

@@ -183,6 +183,10 @@ def task(cfg: Any) -> int:
     # Hosts, GPUs and the command are checked before anything slow (packing) happens.
     plan = plan_launch(settings.machine, launcher, worker_argv(config_file, run_dir),
                        one_per_host=True, workdir=str(run_dir))
+    if backend == "torch" and launcher.name != "torchrun":
+        # torch.distributed without torchrun (mpiexec/srun): rendezvous on the first node.
+        plan.env.setdefault("MASTER_ADDR", "localhost" if plan.local_only else plan.hosts[0])
+        plan.env.setdefault("MASTER_PORT", str(launcher.rdzv_port))
     if to_pack is not None:
         archive = _pack(settings, to_pack, launcher.dry_run)
     assert archive is not None
