@@ -216,3 +216,41 @@ def test_yeet_env_delivers_a_working_env_to_two_simulated_nodes(simnodes_ok, tmp
     resolved = yaml.safe_load((_run_dir(tmp_path) / "ezpz-yeet.yaml").read_text())
     assert resolved["transfer"]["backend"] == ("torch" if launcher == "torchrun" else "mpi")
     assert f"source {dst}/bin/activate" in p.stdout
+
+
+def test_finish_reports_failed_nodes_and_exits_with_the_worker_status(tmp_path, capsys):
+    from ezpz.cli.yeet_env import _finish
+
+    (tmp_path / "results.json").write_text(json.dumps({
+        "status": "failed", "exit_code": 1, "dst": "/tmp/e", "failed_hosts": ["node1"]}))
+    import logging
+    logger = logging.getLogger("ezpz")
+    records: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda r: records.append(r.getMessage())  # type: ignore[method-assign]
+    logger.addHandler(handler)
+    try:
+        assert _finish(tmp_path, 1, None) == 1
+    finally:
+        logger.removeHandler(handler)
+    assert "failed on 1 node(s): node1" in records
+    assert "activate" not in capsys.readouterr().out
+
+
+def test_finish_prints_the_activation_hint(tmp_path, capsys):
+    from ezpz.cli.yeet_env import _finish
+
+    (tmp_path / "results.json").write_text(json.dumps(
+        {"status": "ok", "exit_code": 0, "dst": "/tmp/my env", "kind": "conda"}))
+    assert _finish(tmp_path, 0, None) == 0
+    assert capsys.readouterr().out.strip() == \
+        "activate the delivered environment on each node with: conda activate '/tmp/my env'"
+
+
+def test_finish_without_results_is_a_failure(tmp_path):
+    from ezpz.cli.yeet_env import _finish
+
+    assert _finish(tmp_path, 0, None) == 1
+    assert _finish(tmp_path, 9, None) == 9
+    (tmp_path / "results.json").write_text("{not json")
+    assert _finish(tmp_path, 0, None) == 1
