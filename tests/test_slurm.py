@@ -46,13 +46,9 @@ print(json.dumps({"nodelist": os.environ.get("SLURM_JOB_NODELIST"),
 
 DISCOVERY_PROBE = r"""
 import json
-try:
-    from ezpz.hosts import discover_hosts
-except ImportError as exc:
-    print(json.dumps({"missing": str(exc)}))
-else:
-    found = discover_hosts()
-    print(json.dumps({"hosts": found.hosts, "source": found.source}))
+from ezpz.hosts import discover_hosts
+found = discover_hosts()
+print(json.dumps({"hosts": found.hosts, "source": found.source}))
 """
 
 
@@ -140,8 +136,6 @@ def test_host_discovery_expands_the_allocation_nodelist(slurm_cluster):
     p = slurm_cluster.salloc(2, [sys.executable, "-c", DISCOVERY_PROBE])
     assert p.returncode == 0, slurm_cluster.explain(p)
     seen = last_json(p.stdout)
-    if "missing" in seen:
-        pytest.skip(f"ezpz.hosts.discover_hosts is not available: {seen['missing']}")
     assert seen == {"hosts": ["sim1", "sim2"], "source": "SLURM_JOB_NODELIST=sim[1-2]"}
     p = slurm_cluster.salloc(3, [sys.executable, "-c", DISCOVERY_PROBE])
     assert p.returncode == 0, slurm_cluster.explain(p)
@@ -210,7 +204,9 @@ print(json.dumps({"rank": comm.rank, "size": comm.size, "procid": os.environ["SL
       flush=True)
 """
 
-ENV_PROBE = "import sys, ezpz_probe; print(ezpz_probe.VALUE, sys.prefix)"
+# run with the delivered interpreter; argv[1] is the env's original prefix
+ENV_PROBE = ("import sys, ezpz_probe; activate = open(sys.prefix + '/bin/activate').read(); "
+             "print(ezpz_probe.VALUE, sys.prefix, sys.argv[1] in activate, sys.prefix in activate)")
 
 
 def json_lines(text: str) -> list[dict]:
@@ -274,10 +270,12 @@ def test_ezpz_launch_dry_run_prints_the_srun_command_for_the_allocation(slurm_cl
 def probe_archive(tmp_path_factory) -> Path:
     """A real (small) venv with a module of its own, packed by ezpz.tar_env.pack."""
     skip_unless_implemented("ezpz.cli.yeet_env", "ezpz-yeet-env")
-    tar_env = pytest.importorskip("ezpz.tar_env", reason="ezpz.tar_env (the packer) is not in")
+    tar_env = pytest.importorskip("ezpz.tar_env",
+                                  reason="ezpz.tar_env (the packer) is not available yet")
     if not hasattr(tar_env, "pack"):
-        pytest.skip("ezpz.tar_env.pack is not in yet")
-    pytest.importorskip("ezpz.transfer", reason="ezpz.transfer (the per-node worker) is not in")
+        pytest.skip("ezpz.tar_env.pack is not available yet")
+    pytest.importorskip("ezpz.transfer",
+                        reason="ezpz.transfer (the per-node worker) is not available yet")
     import subprocess
     import sysconfig
 
@@ -311,7 +309,8 @@ def test_yeet_env_delivers_a_working_env_into_every_nodes_tmp(slurm_cluster, sim
     dst = "/tmp/ezpzprobe"
     out = tmp_path / "nodes"
     out.mkdir()
-    env = yeet_env(out, run_in_node=[[f"{dst}/bin/python", "-c", ENV_PROBE]])
+    old_prefix = str(probe_archive.parent / "ezpzprobe")
+    env = yeet_env(out, run_in_node=[[f"{dst}/bin/python", "-c", ENV_PROBE, old_prefix]])
     p = slurm_cluster.salloc(3, yeet_argv(probe_archive, f"transfer.backend={backend}"),
                              env=env, cwd=tmp_path, timeout=240)
     nodes = simnodes.collect(out, 3)
@@ -323,8 +322,8 @@ def test_yeet_env_delivers_a_working_env_into_every_nodes_tmp(slurm_cluster, sim
         assert "ezpzprobe" in node.tmp and node.tmp["ezpzprobe"]["type"] == "dir", detail
         run = node.runs[0]
         assert run["rc"] == 0, run
-        # the environment works from the node's own /tmp, at its new prefix
-        assert run["stdout"].split() == ["delivered", dst], run
+        # the environment works from the node's own /tmp, relocated to its new prefix
+        assert run["stdout"].split() == ["delivered", dst, "False", "True"], run
 
 
 @pytest.mark.simnodes
