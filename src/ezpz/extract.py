@@ -1,0 +1,741 @@
+"""Streaming decompression and safe streaming extraction of tar archives.
+
+The input is a stream of compressed chunks (a file, or chunks arriving over the network);
+nothing is ever held whole in memory. The codec is chosen from the first bytes
+(:func:`ezpz.codecs.detect`): zstd, gzip (ISA-L's decoder when ``isal`` is installed) or
+plain tar.
+
+Every member is checked before anything is written (both engines):
+
+- absolute paths, ``..`` components, over-long paths or path components → refused;
+- writes through a symlink created by the archive that points outside the destination
+  (``link -> /etc`` then ``link/passwd``) → refused; the symlink itself is created as is,
+  because absolute symlinks inside environments (``bin/python -> /usr/bin/python3.11``)
+  are legitimate;
+- hardlinks whose target is absolute, outside, or not a file extracted earlier → refused;
+- device nodes, FIFOs, sparse and unknown member types → refused;
+- setuid/setgid bits are dropped, ownership is never restored.
+
+The error (:class:`ArchiveError`) names the member. Two engines write the checked stream:
+``python`` (files written here, GIL released during writes and decompression) and ``tar``
+(the checked bytes piped into GNU tar, which writes). Header bytes reach GNU tar only after
+the member they describe passed the checks.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import queue
+import stat
+import subprocess
+import tarfile
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, BinaryIO, Callable, Optional
+
+from .codecs import DETECT_BYTES, detect
+from .errors import ArchiveError
+from .log import get_logger
+
+log = get_logger(__name__)
+
+ENGINES = ("python", "tar")
+BLOCK = tarfile.BLOCKSIZE
+#: Bytes requested from the decoder at a time.
+READ_SIZE = 1 << 20
+PATH_MAX = 4096
+NAME_MAX = 255
+_ZERO_BLOCK = bytes(BLOCK)
+_DROP_BITS = stat.S_ISUID | stat.S_ISGID
+
+
+# --------------------------------------------------------------------------------------
+# compressed input: chunks from a queue, exposed as a raw binary stream
+# --------------------------------------------------------------------------------------
+class Aborted(Exception):
+    """Raised inside the extraction pipeline when another stage gave up."""
+
+
+class ChunkStream(io.RawIOBase):
+    """A readable raw stream over chunks handed over by another thread.
+
+    ``put(view, release)`` queues a bytes-like chunk; ``release()`` (optional) is called once
+    the chunk has been consumed, so the producer can reuse its buffer. ``close_input()`` marks
+    the end; ``abort()`` makes the reader raise :class:`Aborted`. The queue is bounded: a
+    producer blocks while ``depth`` chunks are waiting.
+    """
+
+    def __init__(self, depth: int = 4) -> None:
+        super().__init__()
+        self._q: "queue.Queue[Any]" = queue.Queue(maxsize=max(1, depth))
+        self._cur: Optional[memoryview] = None
+        self._pos = 0
+        self._release: Optional[Callable[[], None]] = None
+        self._eof = False
+        self._abort = threading.Event()
+
+    # producer side -------------------------------------------------------------------
+    def put(self, chunk: Any, release: Optional[Callable[[], None]] = None,
+            timeout: Optional[float] = None) -> None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            if self._abort.is_set():
+                if release:
+                    release()
+                return
+            try:
+                self._q.put((memoryview(chunk).cast("B"), release), timeout=0.1)
+                return
+            except queue.Full:
+                if deadline is not None and time.monotonic() > deadline:
+                    raise TimeoutError("extraction did not keep up within the timeout")
+
+    def close_input(self) -> None:
+        while not self._abort.is_set():
+            try:
+                self._q.put(None, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def abort(self) -> None:
+        self._abort.set()
+        # release whatever waits so producers can reuse their buffers
+        while True:
+            try:
+                item = self._q.get_nowait()
+            except queue.Empty:
+                break
+            if item is not None and item[1] is not None:
+                item[1]()
+
+    @property
+    def aborted(self) -> bool:
+        return self._abort.is_set()
+
+    # consumer side -------------------------------------------------------------------
+    def readable(self) -> bool:
+        return True
+
+    def _next(self) -> bool:
+        if self._release is not None:
+            self._release()
+            self._release = None
+        self._cur = None
+        if self._eof:
+            return False
+        while True:
+            if self._abort.is_set():
+                raise Aborted("transfer aborted")
+            try:
+                item = self._q.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            if item is None:
+                self._eof = True
+                return False
+            self._cur, self._release = item
+            self._pos = 0
+            if len(self._cur):
+                return True
+            if self._release is not None:
+                self._release()
+                self._release = None
+
+    def readinto(self, b: Any) -> int:
+        if self._eof:
+            return 0
+        if self._cur is None or self._pos >= len(self._cur):
+            if not self._next():
+                return 0
+        assert self._cur is not None
+        n = min(len(b), len(self._cur) - self._pos)
+        memoryview(b).cast("B")[:n] = self._cur[self._pos:self._pos + n]
+        self._pos += n
+        return n
+
+    def drain(self) -> None:
+        """Consume (and release) everything up to the end of input."""
+        while self._next():
+            pass
+
+
+def open_decoder(raw: BinaryIO, codec: str) -> BinaryIO:
+    """A readable stream of the decompressed bytes of ``raw`` (zstd, gzip or none)."""
+    if codec == "zstd":
+        import zstandard
+
+        return zstandard.ZstdDecompressor().stream_reader(
+            raw, read_size=READ_SIZE, read_across_frames=True, closefd=False)
+    if codec == "gzip":
+        try:
+            from isal import igzip as gz
+        except ImportError:  # pragma: no cover - isal is optional
+            import gzip as gz  # type: ignore[no-redef]
+        return gz.GzipFile(fileobj=raw, mode="rb")  # type: ignore[return-value]
+    if codec == "none":
+        return raw
+    raise ArchiveError(f"unsupported archive format {codec!r} (expected zstd, gzip or plain tar)")
+
+
+def gzip_decoder_name() -> str:
+    try:
+        import isal  # noqa: F401
+        return "isal"
+    except ImportError:  # pragma: no cover
+        return "zlib"
+
+
+# --------------------------------------------------------------------------------------
+# decompressed tar stream: forward-only reader that tarfile can parse
+# --------------------------------------------------------------------------------------
+class _ForwardReader:
+    """Buffered forward-only reader for ``tarfile.TarFile`` (``tell``/``seek`` forward only).
+
+    With a ``sink``, every byte below the ``allowed`` offset is passed on (the ``tar``
+    engine), bytes above it are held back until :meth:`allow` moves the limit.
+    """
+
+    def __init__(self, decoded: BinaryIO, sink: Optional[Callable[[memoryview], None]] = None):
+        self._src = decoded
+        self._buf = memoryview(b"")
+        self._i = 0
+        self._base = 0  # stream offset of _buf[0]
+        self._eof = False
+        self.last_header = b""
+        self.delivered = 0
+        self._sink = sink
+        self._allowed = 0
+        self._sent = 0  # stream offset up to which bytes went to the sink
+        self._held: list[bytes] = []  # bytes from _sent on, not yet sent
+
+    # -- feeding -----------------------------------------------------------------------
+    def _fill(self) -> bool:
+        if self._eof:
+            return False
+        data = self._src.read(READ_SIZE)
+        if not data:
+            self._eof = True
+            return False
+        self._base += len(self._buf)
+        self._buf = memoryview(data)
+        self._i = 0
+        self.delivered += len(data)
+        if self._sink is not None:
+            self._held.append(data)
+            self._flush()
+        return True
+
+    def _flush(self) -> None:
+        assert self._sink is not None
+        while self._held and self._sent < self._allowed:
+            head = self._held[0]
+            n = min(len(head), self._allowed - self._sent)
+            self._sink(memoryview(head)[:n])
+            self._sent += n
+            if n == len(head):
+                self._held.pop(0)
+            else:
+                self._held[0] = head[n:]
+
+    def allow(self, offset: int) -> None:
+        """Bytes before ``offset`` were checked: pass them on."""
+        if offset > self._allowed:
+            self._allowed = offset
+            if self._sink is not None:
+                self._flush()
+
+    def finish_sink(self) -> None:
+        """Pass on everything read so far and the rest of the stream."""
+        self._allowed = 1 << 62
+        while self._fill():
+            pass
+        self._flush()
+
+    # -- file interface for tarfile ----------------------------------------------------
+    def tell(self) -> int:
+        return self._base + self._i
+
+    def read(self, n: int = -1) -> bytes:
+        if n is None or n < 0:
+            n = 1 << 62
+        avail = len(self._buf) - self._i
+        if n <= avail:
+            out = bytes(self._buf[self._i:self._i + n])
+            self._i += n
+            return out
+        parts = [bytes(self._buf[self._i:])]
+        got = avail
+        self._i = len(self._buf)
+        while got < n and self._fill():
+            take = min(n - got, len(self._buf))
+            parts.append(bytes(self._buf[:take]))
+            self._i = take
+            got += take
+        return b"".join(parts)
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        if whence != 0:
+            raise io.UnsupportedOperation("forward-only stream")
+        cur = self.tell()
+        if pos < cur:
+            back = cur - pos
+            if back > self._i:
+                raise io.UnsupportedOperation("cannot seek backwards in a stream")
+            self._i -= back
+            return pos
+        skip = pos - cur
+        while skip > 0:
+            avail = len(self._buf) - self._i
+            if skip <= avail:
+                self._i += skip
+                break
+            skip -= avail
+            self._i = len(self._buf)
+            if not self._fill():
+                break
+        return self.tell()
+
+    def copy_to(self, fd: int, n: int) -> int:
+        """Write the next ``n`` bytes to ``fd`` without extra copies; returns bytes written."""
+        done = 0
+        while done < n:
+            avail = len(self._buf) - self._i
+            if avail == 0:
+                if not self._fill():
+                    break
+                continue
+            take = min(avail, n - done)
+            view = self._buf[self._i:self._i + take]
+            while len(view):
+                w = os.write(fd, view)
+                view = view[w:]
+            self._i += take
+            done += take
+        return done
+
+
+class _TarInfo(tarfile.TarInfo):
+    """Remembers the raw header block so the end of the archive can be checked."""
+
+    @classmethod
+    def fromtarfile(cls, tf):  # type: ignore[override]
+        buf = tf.fileobj.read(BLOCK)
+        tf.fileobj.last_header = buf
+        obj = cls.frombuf(buf, tf.encoding, tf.errors)
+        obj.offset = tf.fileobj.tell() - BLOCK
+        return obj._proc_member(tf)
+
+
+# --------------------------------------------------------------------------------------
+# member checks
+# --------------------------------------------------------------------------------------
+@dataclass
+class ExtractReport:
+    members: int = 0
+    files: int = 0
+    dirs: int = 0
+    symlinks: int = 0
+    hardlinks: int = 0
+    #: File bytes written.
+    bytes: int = 0
+    #: Bytes of the decompressed tar stream.
+    tar_bytes: int = 0
+    #: The single top-level directory of the archive, or None when there is not exactly one.
+    top: Optional[str] = None
+    #: Members whose setuid/setgid bits were dropped.
+    dropped_bits: int = 0
+    seconds: float = 0.0
+    engine: str = "python"
+
+
+def _err(member: str, why: str) -> ArchiveError:
+    return ArchiveError(f"unsafe archive member {member!r}: {why}; refusing to extract "
+                        "(only extract archives made by ezpz-tar-env or that you trust)")
+
+
+class MemberChecker:
+    """Validates members in archive order; keeps the symlinks and files seen so far."""
+
+    def __init__(self, dest: str) -> None:
+        self.dest = dest
+        self.symlinks: dict[str, str] = {}
+        self.files: set[str] = set()
+        self.tops: dict[str, bool] = {}  # top-level name -> is a directory
+        self._dest_len = len(os.fsencode(os.path.abspath(dest)))
+
+    def _components(self, name: str, member: str) -> list[str]:
+        if not name:
+            raise _err(member, "empty name")
+        if "\x00" in name:
+            raise _err(member, "NUL byte in the name")
+        if name.startswith("/") or name.startswith("\\"):
+            raise _err(member, "absolute path")
+        parts = [p for p in name.split("/") if p not in ("", ".")]
+        if ".." in parts:
+            raise _err(member, "'..' component escapes the destination")
+        if not parts:
+            raise _err(member, "names the destination itself")
+        if any(len(os.fsencode(p)) > NAME_MAX for p in parts):
+            raise _err(member, f"a path component is longer than {NAME_MAX} bytes")
+        if self._dest_len + 1 + len(os.fsencode("/".join(parts))) >= PATH_MAX:
+            raise _err(member, f"path longer than PATH_MAX ({PATH_MAX}) under the destination")
+        return parts
+
+    def _resolve(self, parts: list[str], member: str) -> list[str]:
+        """Resolve directory ``parts`` through the archive's symlinks, lexically."""
+        out: list[str] = []
+        todo = list(parts)
+        hops = 0
+        via = None
+        while todo:
+            c = todo.pop(0)
+            if c in ("", "."):
+                continue
+            if c == "..":
+                if not out:
+                    raise _err(member, f"written through symlink {via!r} which points outside "
+                                       "the destination")
+                out.pop()
+                continue
+            key = "/".join(out + [c])
+            target = self.symlinks.get(key)
+            if target is None:
+                out.append(c)
+                continue
+            hops += 1
+            via = key
+            if hops > 40:
+                raise _err(member, "too many levels of symbolic links")
+            if target.startswith("/"):
+                raise _err(member, f"written through symlink {key!r} -> {target!r} which points "
+                                   "outside the destination")
+            todo = target.split("/") + todo
+        return out
+
+    def check(self, ti: tarfile.TarInfo) -> tuple[str, int]:
+        """(relative path, mode to apply) for a member, or ArchiveError naming it."""
+        member = ti.name
+        parts = self._components(ti.name, member)
+        if ti.ischr() or ti.isblk():
+            raise _err(member, "device node")
+        if ti.isfifo():
+            raise _err(member, "FIFO (named pipe)")
+        if ti.issparse():
+            raise _err(member, "sparse file (not supported)")
+        if not (ti.isreg() or ti.isdir() or ti.issym() or ti.islnk()):
+            raise _err(member, f"unsupported member type {ti.type!r}")
+        if ti.isreg() and ti.type not in (tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.CONTTYPE):
+            raise _err(member, f"unsupported member type {ti.type!r}")
+        parent = self._resolve(parts[:-1], member)
+        rel = "/".join(parent + [parts[-1]])
+        if ti.islnk():
+            link = ti.linkname
+            if not link or link.startswith("/"):
+                raise _err(member, f"hardlink to absolute path {link!r}")
+            lparts = [p for p in link.split("/") if p not in ("", ".")]
+            if ".." in lparts:
+                raise _err(member, f"hardlink target {link!r} escapes the destination")
+            lres = "/".join(self._resolve(lparts[:-1], member) + lparts[-1:])
+            if lres not in self.files:
+                raise _err(member, f"hardlink target {link!r} is not a file extracted earlier")
+        if ti.issym():
+            if not ti.linkname:
+                raise _err(member, "symlink with an empty target")
+            self.symlinks[rel] = ti.linkname
+        else:
+            self.symlinks.pop(rel, None)
+        if ti.isreg() or ti.islnk():
+            self.files.add(rel)
+        else:
+            self.files.discard(rel)
+        top = parts[0]
+        is_dir = len(parts) > 1 or ti.isdir()
+        self.tops[top] = self.tops.get(top, True) and is_dir
+        mode = ti.mode & 0o7777
+        return rel, mode & ~_DROP_BITS
+
+    def single_top(self) -> Optional[str]:
+        if len(self.tops) == 1:
+            (name, is_dir), = self.tops.items()
+            if is_dir:
+                return name
+        return None
+
+
+# --------------------------------------------------------------------------------------
+# extraction
+# --------------------------------------------------------------------------------------
+def _check_end(reader: _ForwardReader, tf: tarfile.TarFile, label: str) -> None:
+    last = reader.last_header
+    if len(last) < BLOCK:
+        raise ArchiveError(f"{label}: truncated archive (the tar stream ends at byte "
+                           f"{reader.delivered} without an end-of-archive marker); re-create "
+                           "or re-copy the archive")
+    if last != _ZERO_BLOCK:
+        raise ArchiveError(f"{label}: corrupt tar header at byte {tf.offset} of the tar "
+                           "stream; re-create or re-copy the archive")
+
+
+def _decode_error(exc: BaseException, label: str, codec: str) -> ArchiveError:
+    what = {"zstd": "zstd", "gzip": "gzip", "none": "tar"}.get(codec, codec)
+    msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return ArchiveError(f"{label}: corrupt or truncated {what} data ({msg}); re-create or "
+                        "re-copy the archive")
+
+
+class SafeExtractor:
+    """Extract one tar stream into ``dest`` (an existing, empty directory), checking members.
+
+    ``run(decoded)`` reads the decompressed stream to its end and returns an
+    :class:`ExtractReport`. ``label`` (usually the archive path) prefixes errors.
+    """
+
+    def __init__(self, dest: str, *, engine: str = "python", label: str = "archive") -> None:
+        if engine not in ENGINES:
+            raise ArchiveError(f"transfer.extractor: {engine!r} is not an engine "
+                               f"(choose {' or '.join(ENGINES)})")
+        self.dest = os.path.abspath(dest)
+        self.engine = engine
+        self.label = label
+        self.checker = MemberChecker(self.dest)
+        self.report = ExtractReport(engine=engine)
+        self._dirs: list[tuple[str, int, float]] = []
+        self._made: set[str] = {self.dest}
+
+    # python engine helpers -----------------------------------------------------------
+    def _mkparents(self, path: str) -> None:
+        parent = os.path.dirname(path)
+        if parent in self._made:
+            return
+        os.makedirs(parent, mode=0o700, exist_ok=True)
+        self._made.add(parent)
+
+    def _clear(self, path: str, member: str, for_dir: bool = False) -> None:
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return
+        if stat.S_ISDIR(st.st_mode):
+            if for_dir:
+                return
+            raise _err(member, "replaces a directory extracted earlier")
+        os.unlink(path)
+
+    def _write(self, tf: tarfile.TarFile, reader: _ForwardReader, ti: tarfile.TarInfo,
+               rel: str, mode: int) -> None:
+        path = os.path.join(self.dest, rel)
+        self._mkparents(path)
+        member = ti.name
+        if ti.isdir():
+            self._clear(path, member, for_dir=True)
+            if not os.path.isdir(path):
+                os.mkdir(path, 0o700)
+            self._made.add(path)
+            self._dirs.append((path, mode, ti.mtime))
+            self.report.dirs += 1
+        elif ti.isreg():
+            self._clear(path, member)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                         0o600)
+            try:
+                reader.seek(ti.offset_data)
+                n = reader.copy_to(fd, ti.size)
+                if n != ti.size:
+                    raise ArchiveError(f"{self.label}: truncated archive (member {member!r} has "
+                                       f"{n} of {ti.size} bytes); re-create or re-copy the archive")
+                os.fchmod(fd, mode)
+                os.utime(fd, (ti.mtime, ti.mtime))
+            finally:
+                os.close(fd)
+            self.report.files += 1
+            self.report.bytes += ti.size
+        elif ti.issym():
+            self._clear(path, member)
+            os.symlink(ti.linkname, path)
+            try:
+                os.utime(path, (ti.mtime, ti.mtime), follow_symlinks=False)
+            except OSError:  # pragma: no cover - filesystems without lutimes
+                pass
+            self.report.symlinks += 1
+        elif ti.islnk():
+            self._clear(path, member)
+            os.link(os.path.join(self.dest, ti.linkname), path, follow_symlinks=False)
+            self.report.hardlinks += 1
+
+    def _finish_dirs(self) -> None:
+        for path, mode, mtime in sorted(self._dirs, key=lambda d: d[0], reverse=True):
+            os.chmod(path, mode)
+            os.utime(path, (mtime, mtime))
+
+    # the loop --------------------------------------------------------------------------
+    def run(self, decoded: BinaryIO, codec: str = "none") -> ExtractReport:
+        t0 = time.perf_counter()
+        proc = None
+        errfile = None
+        sink = None
+        if self.engine == "tar":
+            errfile = tempfile.TemporaryFile()
+            proc = subprocess.Popen(
+                ["tar", "-x", "-f", "-", "-C", self.dest, "--no-same-owner",
+                 "--no-overwrite-dir"],
+                stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=errfile)
+            assert proc.stdin is not None
+            pipe_fd = proc.stdin.fileno()
+
+            def sink(view: memoryview) -> None:
+                while len(view):
+                    w = os.write(pipe_fd, view)
+                    view = view[w:]
+        reader = _ForwardReader(decoded, sink)
+        fixups: list[tuple[str, int]] = []
+        try:
+            try:
+                tf = tarfile.TarFile(fileobj=reader, mode="r", tarinfo=_TarInfo,  # type: ignore[arg-type]
+                                     errorlevel=2)
+                while True:
+                    ti = tf.next()
+                    tf.members.clear()  # keep memory flat: members are not needed later
+                    if ti is None:
+                        break
+                    rel, mode = self.checker.check(ti)
+                    self.report.members += 1
+                    if ti.mode & _DROP_BITS:
+                        self.report.dropped_bits += 1
+                    if proc is None:
+                        self._write(tf, reader, ti, rel, mode)
+                    else:
+                        if ti.mode & _DROP_BITS and not ti.issym():
+                            fixups.append((rel, mode))
+                        reader.allow(tf.offset)
+                        self._count(ti)
+                _check_end(reader, tf, self.label)
+                if proc is not None:
+                    reader.finish_sink()
+                else:
+                    while reader.read(READ_SIZE):  # decode the rest (trailing zero blocks)
+                        pass
+            except (tarfile.TarError, EOFError, OSError, ValueError) as exc:
+                if isinstance(exc, BrokenPipeError) and proc is not None:
+                    raise ArchiveError(f"{self.label}: tar failed: "
+                                       f"{self._tar_stderr(proc, errfile)}") from exc
+                if isinstance(exc, OSError) and not _is_decode_error(exc):
+                    raise ArchiveError(f"{self.label}: cannot write {self.dest}: {exc}") from exc
+                raise _decode_error(exc, self.label, codec) from exc
+            except Exception as exc:  # zstandard.ZstdError, zlib.error
+                if type(exc).__name__ in ("ZstdError", "error", "BadGzipFile"):
+                    raise _decode_error(exc, self.label, codec) from exc
+                raise
+            if proc is not None:
+                assert proc.stdin is not None
+                proc.stdin.close()
+                rc = proc.wait()
+                if rc != 0:
+                    raise ArchiveError(f"{self.label}: tar failed (exit {rc}): "
+                                       f"{self._tar_stderr(proc, errfile)}")
+                for rel, mode in fixups:
+                    path = os.path.join(self.dest, rel)
+                    if not os.path.islink(path):
+                        os.chmod(path, mode)
+            else:
+                self._finish_dirs()
+        finally:
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            if errfile is not None:
+                errfile.close()
+        self.report.top = self.checker.single_top()
+        self.report.tar_bytes = reader.delivered
+        self.report.seconds = time.perf_counter() - t0
+        return self.report
+
+    def _count(self, ti: tarfile.TarInfo) -> None:
+        r = self.report
+        if ti.isdir():
+            r.dirs += 1
+        elif ti.issym():
+            r.symlinks += 1
+        elif ti.islnk():
+            r.hardlinks += 1
+        else:
+            r.files += 1
+            r.bytes += ti.size
+
+    @staticmethod
+    def _tar_stderr(proc: subprocess.Popen, errfile: Any) -> str:
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:  # pragma: no cover
+            proc.kill()
+        errfile.seek(0)
+        lines = [ln for ln in errfile.read().decode(errors="replace").splitlines() if ln.strip()]
+        return lines[0] if lines else f"exit code {proc.returncode}"
+
+
+def _is_decode_error(exc: OSError) -> bool:
+    # igzip/gzip raise BadGzipFile (an OSError) for corrupt data
+    return type(exc).__name__ in ("BadGzipFile",)
+
+
+# --------------------------------------------------------------------------------------
+# convenience
+# --------------------------------------------------------------------------------------
+def extract_stream(raw: BinaryIO, dest: str, *, codec: Optional[str] = None,
+                   engine: str = "python", label: str = "archive") -> ExtractReport:
+    """Decompress ``raw`` (codec detected from its first bytes unless given) into ``dest``."""
+    if codec is None:
+        head = _peek(raw)
+        codec = detect(head)
+        raw = _Prepend(head, raw)  # type: ignore[assignment]
+    if codec not in ("zstd", "gzip", "none"):
+        raise ArchiveError(f"{label}: not a tar, .tar.gz or .tar.zst archive (detected "
+                           f"{codec}); pass transfer.decompress=false to copy it as a file")
+    try:
+        decoded = open_decoder(raw, codec)
+    except Exception as exc:  # noqa: BLE001
+        raise _decode_error(exc, label, codec) from exc
+    return SafeExtractor(dest, engine=engine, label=label).run(decoded, codec)
+
+
+def extract_file(path: str, dest: str, *, engine: str = "python") -> ExtractReport:
+    """Extract the archive at ``path`` into the existing directory ``dest``."""
+    try:
+        fh = open(path, "rb", buffering=0)
+    except OSError as exc:
+        raise ArchiveError(f"cannot read archive {path}: {exc.strerror or exc}") from exc
+    with fh:
+        return extract_stream(fh, dest, engine=engine, label=path)
+
+
+def _peek(raw: BinaryIO) -> bytes:
+    head = b""
+    while len(head) < DETECT_BYTES:
+        more = raw.read(DETECT_BYTES - len(head))
+        if not more:
+            break
+        head += more
+    return head
+
+
+class _Prepend(io.RawIOBase):
+    """``head`` followed by the rest of ``raw``."""
+
+    def __init__(self, head: bytes, raw: BinaryIO) -> None:
+        super().__init__()
+        self._head = memoryview(head)
+        self._raw = raw
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        if len(self._head):
+            n = min(len(b), len(self._head))
+            memoryview(b).cast("B")[:n] = self._head[:n]
+            self._head = self._head[n:]
+            return n
+        return self._raw.readinto(b)  # type: ignore[attr-defined]

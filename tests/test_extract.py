@@ -1,0 +1,292 @@
+"""Safe streaming extraction (ezpz.extract): hostile members, corruption, both engines. No MPI."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import os
+import stat
+import subprocess
+import sys
+import tarfile
+
+import pytest
+import zstandard
+
+from ezpz.errors import ArchiveError
+from ezpz.extract import ChunkStream, SafeExtractor, extract_file, extract_stream, open_decoder
+
+ENGINES = ["python", "tar"]
+
+
+def _add(tf: tarfile.TarFile, name: str, *, data: bytes | None = None, type=tarfile.REGTYPE,
+         linkname: str = "", mode: int = 0o644) -> None:
+    ti = tarfile.TarInfo(name)
+    ti.type = type
+    ti.mode = mode
+    ti.linkname = linkname
+    ti.mtime = 1_700_000_000
+    if data is not None:
+        ti.size = len(data)
+        tf.addfile(ti, io.BytesIO(data))
+    else:
+        tf.addfile(ti)
+
+
+def build(path, members, fmt=tarfile.PAX_FORMAT) -> str:
+    with tarfile.open(path, "w", format=fmt) as tf:
+        for m in members:
+            _add(tf, **m)
+    return str(path)
+
+
+@pytest.fixture
+def area(tmp_path):
+    dest = tmp_path / "dest"
+    outside = tmp_path / "outside"
+    dest.mkdir()
+    outside.mkdir()
+    (outside / "victim").write_text("original")
+    return tmp_path, dest, outside
+
+
+def _outside_untouched(outside) -> None:
+    assert sorted(os.listdir(outside)) == ["victim"]
+    assert (outside / "victim").read_text() == "original"
+
+
+HOSTILE = {
+    "absolute": ([dict(name="/abs/evil", data=b"x")], "absolute path"),
+    "dotdot": ([dict(name="../outside/evil", data=b"x")], "'..' component"),
+    "hidden-dotdot": ([dict(name="a/../../outside/evil", data=b"x")], "'..' component"),
+    "symlink-abs-write": ([dict(name="link", type=tarfile.SYMTYPE, linkname="OUTSIDE"),
+                           dict(name="link/victim", data=b"pwned")],
+                          "written through symlink 'link'"),
+    "symlink-rel-write": ([dict(name="d", type=tarfile.DIRTYPE, mode=0o755),
+                           dict(name="d/link", type=tarfile.SYMTYPE, linkname="../../outside"),
+                           dict(name="d/link/victim", data=b"pwned")],
+                          "written through symlink 'd/link'"),
+    "symlink-chain": ([dict(name="a", type=tarfile.SYMTYPE, linkname="b"),
+                       dict(name="b", type=tarfile.SYMTYPE, linkname="OUTSIDE"),
+                       dict(name="a/victim", data=b"pwned")], "written through symlink 'b'"),
+    "hardlink-abs": ([dict(name="h", type=tarfile.LNKTYPE, linkname="OUTSIDE/victim")],
+                     "hardlink to absolute path"),
+    "hardlink-dotdot": ([dict(name="h", type=tarfile.LNKTYPE, linkname="../outside/victim")],
+                        "escapes the destination"),
+    "hardlink-via-symlink": ([dict(name="s", type=tarfile.SYMTYPE, linkname="OUTSIDE"),
+                              dict(name="h", type=tarfile.LNKTYPE, linkname="s/victim")],
+                             "written through symlink 's'"),
+    "hardlink-missing": ([dict(name="h", type=tarfile.LNKTYPE, linkname="nothere")],
+                         "not a file extracted earlier"),
+    "chardev": ([dict(name="null", type=tarfile.CHRTYPE)], "device node"),
+    "blockdev": ([dict(name="sda", type=tarfile.BLKTYPE)], "device node"),
+    "fifo": ([dict(name="pipe", type=tarfile.FIFOTYPE)], "FIFO"),
+    "too-long": ([dict(name="/".join(["d" * 200] * 25), data=b"x")], "PATH_MAX"),
+    "long-component": ([dict(name="x" * 300, data=b"x")], "longer than 255 bytes"),
+}
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+def test_hostile_member_refused(area, case, engine):
+    tmp, dest, outside = area
+    members, expected = HOSTILE[case]
+    members = [dict(m, linkname=m.get("linkname", "").replace("OUTSIDE", str(outside)))
+               for m in members]
+    path = build(tmp / f"{case}.tar", members)
+    with pytest.raises(ArchiveError) as info:
+        extract_file(path, str(dest), engine=engine)
+    msg = str(info.value)
+    assert expected in msg
+    assert repr(members[-1]["name"]) in msg, "the error must name the member"
+    assert "\n" not in msg
+    _outside_untouched(outside)
+    # the refused member itself was never created
+    last = members[-1]["name"].lstrip("/")
+    assert not os.path.lexists(dest / last) or case.startswith("symlink")
+    assert not os.path.exists("/abs/evil")
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_setuid_setgid_dropped_and_modes_kept(tmp_path, engine):
+    path = build(tmp_path / "a.tar", [
+        dict(name="env/bin", type=tarfile.DIRTYPE, mode=0o755),
+        dict(name="env/bin/suid", data=b"#!/bin/sh\n", mode=0o4755),
+        dict(name="env/bin/sgid", data=b"#!/bin/sh\n", mode=0o2750),
+        dict(name="env/bin/ro", data=b"ro", mode=0o444),
+        dict(name="env/shared", type=tarfile.DIRTYPE, mode=0o2775),
+    ])
+    dest = tmp_path / "d"
+    dest.mkdir()
+    rep = extract_file(path, str(dest), engine=engine)
+    mode = lambda p: stat.S_IMODE(os.lstat(dest / p).st_mode)  # noqa: E731
+    assert mode("env/bin/suid") == 0o755
+    assert mode("env/bin/sgid") == 0o750
+    assert mode("env/bin/ro") == 0o444
+    assert mode("env/shared") == 0o775
+    assert rep.dropped_bits == 3
+    assert rep.top == "env"
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_legitimate_links_are_created(tmp_path, engine):
+    path = build(tmp_path / "env.tar", [
+        dict(name="env", type=tarfile.DIRTYPE, mode=0o755),
+        dict(name="env/lib", type=tarfile.DIRTYPE, mode=0o755),
+        dict(name="env/lib64", type=tarfile.SYMTYPE, linkname="lib"),
+        dict(name="env/lib64/through-internal-link.txt", data=b"inside"),
+        dict(name="env/bin/python", type=tarfile.SYMTYPE, linkname="/usr/bin/python3.11"),
+        dict(name="env/bin/a", data=b"payload", mode=0o755),
+        dict(name="env/bin/b", type=tarfile.LNKTYPE, linkname="env/bin/a"),
+        dict(name="env/empty", data=b""),
+    ], fmt=tarfile.GNU_FORMAT)
+    dest = tmp_path / "d"
+    dest.mkdir()
+    rep = extract_file(path, str(dest), engine=engine)
+    assert os.readlink(dest / "env/bin/python") == "/usr/bin/python3.11"
+    assert os.readlink(dest / "env/lib64") == "lib"
+    assert (dest / "env/lib/through-internal-link.txt").read_bytes() == b"inside"
+    assert os.stat(dest / "env/bin/a").st_ino == os.stat(dest / "env/bin/b").st_ino
+    assert (dest / "env/empty").read_bytes() == b""
+    assert os.stat(dest / "env/bin/a").st_mtime == 1_700_000_000
+    assert rep.top == "env" and rep.symlinks == 2 and rep.hardlinks == 1
+
+
+def test_top_level_detection(tmp_path):
+    many = build(tmp_path / "m.tar", [dict(name="a", data=b"1"), dict(name="b/c", data=b"2")])
+    d = tmp_path / "d"
+    d.mkdir()
+    assert extract_file(many, str(d)).top is None
+    one_file = build(tmp_path / "f.tar", [dict(name="only", data=b"1")])
+    d2 = tmp_path / "d2"
+    d2.mkdir()
+    assert extract_file(one_file, str(d2)).top is None
+
+
+def _venv_archive(tmp_path, codec: str) -> tuple[str, str]:
+    env = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(env)], check=True)
+    raw = tmp_path / "venv.tar"
+    with tarfile.open(raw, "w") as tf:
+        tf.add(env, arcname="venv")
+    data = raw.read_bytes()
+    if codec == "zstd":
+        out = tmp_path / "venv.tar.zst"
+        out.write_bytes(zstandard.ZstdCompressor().compress(data))
+    elif codec == "gzip":
+        out = tmp_path / "venv.tar.gz"
+        out.write_bytes(gzip.compress(data))
+    else:
+        out = raw
+    return str(env), str(out)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("codec", ["zstd", "gzip", "none"])
+def test_real_venv_roundtrip(tmp_path, codec, engine):
+    env, path = _venv_archive(tmp_path, codec)
+    dest = tmp_path / "out"
+    dest.mkdir()
+    rep = extract_file(path, str(dest), engine=engine)
+    assert rep.top == "venv"
+    p = subprocess.run(["diff", "-r", "--no-dereference", env, str(dest / "venv")],
+                       capture_output=True, text=True)
+    assert p.returncode == 0, p.stdout + p.stderr
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_truncated_and_corrupt_archives(tmp_path, engine):
+    _env, path = _venv_archive(tmp_path, "zstd")
+    data = open(path, "rb").read()
+    cases = {
+        "trunc-zstd": (data[: len(data) // 2], "truncated"),
+        "flip-zstd": (data[:40] + bytes(b ^ 0xFF for b in data[40:60]) + data[60:], "corrupt"),
+    }
+    plain = zstandard.ZstdDecompressor().decompress(data)
+    hdr = bytearray(plain)
+    hdr[512 * 3 + 10] ^= 0x55  # inside a later member's header (or data: either fails cleanly)
+    bad_hdr = bytearray(plain)
+    bad_hdr[0:5] = b"XXXXX"  # first header's name changes -> checksum mismatch
+    cases["flip-tar-header"] = (bytes(bad_hdr), "")
+    cases["trunc-tar"] = (plain[: len(plain) // 2 + 100], "truncated")
+    cases["not-an-archive"] = (b"hello world\n" * 100, "not a tar")
+    for name, (blob, expected) in cases.items():
+        f = tmp_path / f"{name}.bin"
+        f.write_bytes(blob)
+        d = tmp_path / f"out-{name}"
+        d.mkdir()
+        with pytest.raises(ArchiveError) as info:
+            extract_file(str(f), str(d), engine=engine)
+        assert str(f) in str(info.value), name
+        assert expected in str(info.value), (name, str(info.value))
+
+
+def test_header_corruption_midway_is_not_silent(tmp_path):
+    members = [dict(name=f"f{i}", data=b"x" * 100) for i in range(5)]
+    path = build(tmp_path / "c.tar", members, fmt=tarfile.USTAR_FORMAT)
+    blob = bytearray(open(path, "rb").read())
+    blob[1024 * 2 + 100] ^= 0x01  # the mode field of the third header: checksum mismatch
+    bad = tmp_path / "bad.tar"
+    bad.write_bytes(bytes(blob))
+    d = tmp_path / "d"
+    d.mkdir()
+    with pytest.raises(ArchiveError, match="corrupt tar header"):
+        extract_file(str(bad), str(d))
+
+
+def test_unreadable_archive_named(tmp_path):
+    with pytest.raises(ArchiveError, match="cannot read archive .*nothere"):
+        extract_file(str(tmp_path / "nothere.tar.zst"), str(tmp_path))
+
+
+def test_chunk_stream_feeds_extraction_from_another_thread(tmp_path):
+    import threading
+
+    _env, path = _venv_archive(tmp_path, "zstd")
+    data = open(path, "rb").read()
+    cs = ChunkStream(depth=2)
+    released = []
+    buf = bytearray(777)  # an odd chunk size, reused: release must come before reuse
+
+    def produce():
+        for i in range(0, len(data), len(buf)):
+            part = data[i:i + len(buf)]
+            ev = threading.Event()
+            local = bytearray(part)
+            cs.put(local, release=lambda ev=ev: (released.append(1), ev.set()))
+        cs.close_input()
+
+    t = threading.Thread(target=produce)
+    t.start()
+    dest = tmp_path / "o"
+    dest.mkdir()
+    rep = SafeExtractor(str(dest)).run(open_decoder(cs, "zstd"), "zstd")
+    cs.drain()
+    t.join()
+    assert rep.top == "venv" and rep.files > 3
+    assert len(released) == -(-len(data) // len(buf))
+
+
+def test_chunk_stream_abort_stops_reader(tmp_path):
+    cs = ChunkStream(depth=1)
+    cs.put(b"\x28\xb5\x2f\xfd")
+    cs.abort()
+    from ezpz.extract import Aborted
+
+    with pytest.raises(Aborted):
+        cs.read(10)
+        cs.read(10)
+
+
+def test_extract_stream_detects_codec(tmp_path):
+    _env, path = _venv_archive(tmp_path, "gzip")
+    d = tmp_path / "o"
+    d.mkdir()
+    with open(path, "rb", buffering=0) as fh:
+        rep = extract_stream(fh, str(d), label="x")
+    assert rep.top == "venv"
+
+
+def test_unknown_engine(tmp_path):
+    with pytest.raises(ArchiveError, match="transfer.extractor"):
+        SafeExtractor(str(tmp_path), engine="cpio")
