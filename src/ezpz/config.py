@@ -144,6 +144,8 @@ class TransferConfig:
     chunk_size: str = "16MiB"
     #: Chunks in flight between reader, broadcast and extraction.
     depth: int = 4
+    #: What writes the checked tar stream: python (default) or tar (GNU tar through a pipe).
+    extractor: str = "python"
     #: auto (mpi, or torch under torchrun), mpi, or torch.
     backend: str = "auto"
     #: Also leave the archive file itself in dst's parent directory.
@@ -170,6 +172,9 @@ class TransferConfig:
         if self.backend not in TRANSFER_BACKENDS:
             raise ConfigError(
                 f"transfer.backend: {self.backend!r} is not a backend (choose auto, mpi or torch)")
+        if self.extractor not in ("python", "tar"):
+            raise ConfigError(
+                f"transfer.extractor: {self.extractor!r} is not an extractor (choose python or tar)")
         if self.depth < 1:
             raise ConfigError(f"transfer.depth: must be at least 1, got {self.depth}")
         if self.timeout <= 0:
