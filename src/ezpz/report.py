@@ -217,9 +217,9 @@ def read_run(job_dir: str, label: str) -> Run:
     repeat = overrides.pop(REPEAT_KEY, None)
     run = Run(label=label, path=job_dir, overrides=overrides, repeat_index=_int(repeat))
     if results is None:
-        logged = last_logged_error(job_dir)
-        run.error = f"no {RESULTS_FILE}: the job failed before the transfer ran" + (
-            f" ({logged})" if logged else " (see its log)")
+        # The job's own last error line says why, when it logged one.
+        run.error = last_logged_error(job_dir) or \
+            f"no {RESULTS_FILE}: the job failed before the transfer ran (see its log)"
         return run
     run.results = results
     run.status = results["status"]
@@ -395,6 +395,13 @@ def _fmt(value: Optional[float], digits: int) -> str:
     return "" if value is None else f"{value:.{digits}f}"
 
 
+def _fmt_rate(value: Optional[float]) -> str:
+    """MB/s for people: 3 significant digits for small rates, one decimal from 100 up."""
+    if value is None:
+        return ""
+    return f"{value:.1f}" if abs(value) >= 100 else f"{value:.3g}"
+
+
 def _common(runs: Sequence[Run], attr: str) -> str:
     vals = {getattr(r, attr) for r in runs if getattr(r, attr) is not None}
     return ",".join(str(v) for v in sorted(vals, key=str))
@@ -439,7 +446,7 @@ def best_line(summary: Summary) -> str:
     b = summary.best
     if b is None:
         return "Best: none (no point succeeded on all its runs)"
-    return (f"Best: {b.label(summary.keys)}: {b.mb_s:.1f} MB/s, {b.total_s:.3f} s total "
+    return (f"Best: {b.label(summary.keys)}: {_fmt_rate(b.mb_s)} MB/s, {b.total_s:.3f} s total "
             f"(median of {len(b.runs)} run{'s' if len(b.runs) != 1 else ''})")
 
 
@@ -463,7 +470,7 @@ def to_markdown(summary: Summary) -> str:
     for p, row in zip(summary.points, rows(summary)):
         mark = " **(best)**" if p is summary.best else ""
         cells = [*(row[k] for k in summary.keys), row["status"] + mark,
-                 f"{row['ok_runs']}/{row['runs']}", row["total_s"], _fmt(p.mb_s, 1),
+                 f"{row['ok_runs']}/{row['runs']}", row["total_s"], _fmt_rate(p.mb_s),
                  *(row[f"{ph}_s"] for ph in PHASES), row["error"]]
         lines.append("| " + " | ".join(_md_cell(c) for c in cells) + " |")
     lines += ["", best_line(summary), ""]
