@@ -182,3 +182,25 @@ def test_cli_bad_override_is_one_line_exit_2(tmp_path):
     assert p.stderr.strip().splitlines() == [
         "error: transfer.chunk_size: 'abc' is not a size (use e.g. 64MiB, 1GiB, 512KB or bytes)"]
     assert not (tmp_path / "outputs").exists(), "a refused run must not create a run dir"
+
+
+def test_hydra_interpolations_are_left_to_hydra():
+    # ${hydra:...} resolves only inside a Hydra run; validation must not refuse it.
+    assert validate_overrides("yeet", ["transfer.dst=/tmp/x-${hydra:job.num}"], multirun=True) is None
+
+
+def test_user_errors_reach_the_run_log(tmp_path):
+    from ezpz import log as ezlog
+    from ezpz.cli.common import guard
+    from ezpz.errors import TransferError
+
+    logfile = tmp_path / "app.log"
+    ezlog.setup_logging(rank=0, logfile=str(logfile))
+    try:
+        def task():
+            raise TransferError("node3: no space left on /tmp")
+
+        assert guard(task)() == 1
+    finally:
+        ezlog.setup_logging()
+    assert "error: node3: no space left on /tmp" in logfile.read_text()

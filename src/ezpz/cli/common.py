@@ -181,8 +181,16 @@ def validate_overrides(config_name: str, overrides: list[str], multirun: bool) -
     except ConfigError:
         raise
     except Exception as exc:  # noqa: BLE001
+        if "HydraConfig was not set" in str(exc):
+            # ${hydra:...} interpolations only resolve inside a Hydra run: Hydra checks them there.
+            return None
         raise ConfigError(describe_config_exception(exc)) from exc
-    to_settings(cfg)
+    try:
+        to_settings(cfg)
+    except ConfigError as exc:
+        if "HydraConfig was not set" in str(exc):
+            return None
+        raise
     return cfg
 
 
@@ -195,6 +203,8 @@ def with_repeat_sweep(overrides: list[str], cfg: Any) -> list[str]:
     """
     from omegaconf import OmegaConf
 
+    if cfg is None:
+        return list(overrides)
     repeat = OmegaConf.select(cfg, "transfer.repeat", default=None)
     if not isinstance(repeat, int) or isinstance(repeat, bool) or repeat <= 1:
         return list(overrides)
@@ -229,6 +239,17 @@ def fail(message: str, code: int) -> int:
     return code
 
 
+def _log_to_files(message: str) -> None:
+    """Record a one-line error in the run's log file (the console gets it from ``fail``)."""
+    import logging
+
+    for handler in logging.getLogger("ezpz").handlers:
+        if isinstance(handler, logging.FileHandler):
+            record = logging.LogRecord("ezpz.cli", logging.ERROR, __file__, 0, message, None, None)
+            record.funcName = "guard"
+            handler.handle(record)
+
+
 def guard(func: Callable[..., int | None]) -> Callable[..., int]:
     """Map EzpzError to one line + its exit code; tracebacks only with EZPZ_LOG_LEVEL=DEBUG."""
 
@@ -240,6 +261,7 @@ def guard(func: Callable[..., int | None]) -> Callable[..., int]:
         except EzpzError as exc:
             if ezlog.debug_enabled():
                 traceback.print_exc()
+            _log_to_files(f"error: {exc}")
             return fail(str(exc), exc.exit_code)
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
