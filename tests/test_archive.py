@@ -104,3 +104,24 @@ def test_walk_tree_order_and_kinds(tmp_path):
     assert [e.arcname for e in tree.entries] == ["env", "env/a.txt", "env/b", "env/link",
                                                  "env/b/c", "env/b/f"]
     assert tree.skipped_special == [str(root / "fifo")]
+
+
+def test_zstd_frames_carry_a_checksum_so_corruption_on_disk_is_caught(tmp_path):
+    # Random data is stored raw by zstd: without a frame checksum a flipped byte there decodes
+    # silently. The archive's frames carry one, so the reader refuses the file.
+    import subprocess as sp
+    import sys
+
+    from ezpz import extract
+    from ezpz.tar_env import pack
+
+    env = tmp_path / "env"
+    sp.run([sys.executable, "-m", "venv", "--without-pip", str(env)], check=True)
+    (env / "blob").write_bytes(os.urandom(3 << 20))
+    path = pack(prefix=str(env), path=str(tmp_path / "env.tar.zst"))
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    bad = tmp_path / "bad.tar.zst"
+    bad.write_bytes(bytes(data))
+    with pytest.raises(ArchiveError, match=r"bad.tar.zst: corrupt or truncated zstd data .*checksum"):
+        extract.extract_file(str(bad), str(tmp_path / "out"))

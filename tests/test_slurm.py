@@ -311,7 +311,10 @@ def test_yeet_env_delivers_a_working_env_into_every_nodes_tmp(slurm_cluster, sim
     out.mkdir()
     old_prefix = str(probe_archive.parent / "ezpzprobe")
     env = yeet_env(out, run_in_node=[[f"{dst}/bin/python", "-c", ENV_PROBE, old_prefix]])
-    p = slurm_cluster.salloc(3, yeet_argv(probe_archive, f"transfer.backend={backend}"),
+    # a port free right now, so that nothing else on the machine collides with the rendezvous
+    port = cluster_mod.free_ports(1)[0]
+    p = slurm_cluster.salloc(3, yeet_argv(probe_archive, f"transfer.backend={backend}",
+                                          f"launcher.rdzv_port={port}"),
                              env=env, cwd=tmp_path, timeout=240)
     nodes = simnodes.collect(out, 3)
     detail = slurm_cluster.explain(p) + "\n".join(str(n.check) for n in nodes)

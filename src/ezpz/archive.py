@@ -145,7 +145,8 @@ class _ZstdSink(Sink):
         super().__init__(fh)
         n = threads or cpu_count()
         self.description = f"zstd level {level}, {n} thread{'s' if n > 1 else ''}"
-        cctx = zstandard.ZstdCompressor(level=level, threads=n if n > 1 else 0)
+        cctx = zstandard.ZstdCompressor(level=level, threads=n if n > 1 else 0,
+                                          write_checksum=True)
         self._writer = cctx.stream_writer(fh, closefd=False)
 
     def write(self, data) -> None:
@@ -237,7 +238,7 @@ def compress_frame(codec: str, data: bytes, level: Optional[int] = None) -> byte
     if codec == "zstd":
         import zstandard
 
-        return zstandard.ZstdCompressor(level=level).compress(data)
+        return zstandard.ZstdCompressor(level=level, write_checksum=True).compress(data)
     if codec == "gzip":
         return _gzip.compress(data, compresslevel=level, mtime=0)
     return data
