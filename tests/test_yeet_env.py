@@ -132,10 +132,12 @@ def test_dry_run_torchrun_uses_the_torch_backend(tmp_path, nodefile, archive):
     argv = p.stdout.strip().splitlines()[-1].split(" ")
     i = next(k for k, a in enumerate(argv) if a.endswith("torchrun"))
     assert argv[1:i] == ["-n", "2", "-ppn", "1", "-hosts", "localhost"]
-    assert argv[i + 1:i + 7] == ["--nnodes=2", "--nproc-per-node=1", "--rdzv-backend=c10d",
+    # every "host" is this machine: agents advertise loopback, gloo uses it
+    assert argv[i + 1:i + 8] == ["--nnodes=2", "--nproc-per-node=1", "--rdzv-backend=c10d",
                                  "--rdzv-endpoint=localhost:29500", "--rdzv-id=77",
-                                 "--no-python"]
-    assert argv[i + 7:i + 10] == [PY, "-m", "ezpz.transfer"]
+                                 "--local-addr=127.0.0.1", "--no-python"]
+    assert argv[i + 8:i + 11] == [PY, "-m", "ezpz.transfer"]
+    assert "environment: GLOO_SOCKET_IFNAME=lo" in p.stderr
     resolved = yaml.safe_load((run_dir / "ezpz-yeet.yaml").read_text())
     assert resolved["transfer"]["backend"] == "torch"
 
@@ -171,6 +173,14 @@ needs_worker = pytest.mark.skipif(importlib.util.find_spec("ezpz.transfer") is N
 PROBE = "import sys, ezpz_probe; print(ezpz_probe.VALUE, sys.prefix)"
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 @pytest.fixture(scope="module")
 def probe_archive(tmp_path_factory) -> Path:
     """A real small venv with a module of its own, packed by ezpz.tar_env.pack."""
@@ -201,7 +211,8 @@ def test_yeet_env_delivers_a_working_env_to_two_simulated_nodes(simnodes_ok, tmp
     p = _yeet("machine=local", f"launcher={launcher}",
               f"transfer.src={hydra_quote(str(probe_archive))}",
               f"launcher.wrap=[{hydra_quote(simnodes.SIMNODE)}]", "transfer.timeout=120",
-              cwd=tmp_path, env=env)
+              f"launcher.rdzv_port={_free_port()}",
+              cwd=tmp_path, env=env, timeout=240)
     nodes = simnodes.collect(out, 2)
     detail = p.stdout + p.stderr + "\n".join(str(n.check) for n in nodes)
     assert p.returncode == 0, detail

@@ -224,16 +224,20 @@ def srun_argv(machine: MachineConfig, topo: Topology, cmd: Sequence[str], *,
 
 def torchrun_argv(topo: Topology, cmd: Sequence[str], *, endpoint_host: str, port: int,
                   rdzv_id: str, extra_args: Sequence[str] = (),
-                  torchrun: str = "torchrun") -> list[str]:
+                  torchrun: str = "torchrun", local_addr: Optional[str] = None) -> list[str]:
     """One node's torchrun: ``torchrun --nnodes=H --nproc-per-node=P --rdzv-backend=c10d
     --rdzv-endpoint=HOST:PORT --rdzv-id=ID [extra] cmd``.
 
     A command that is not a ``.py`` script (``python -m x``, an executable) gets
-    ``--no-python`` so torchrun runs it as given.
+    ``--no-python`` so torchrun runs it as given. ``local_addr`` (``--local-addr``) is the
+    address each agent advertises instead of its hostname.
     """
     argv = [torchrun, f"--nnodes={topo.nhosts}", f"--nproc-per-node={topo.ngpu_per_host}",
             "--rdzv-backend=c10d", f"--rdzv-endpoint={endpoint_host}:{port}",
-            f"--rdzv-id={rdzv_id}", *extra_args]
+            f"--rdzv-id={rdzv_id}"]
+    if local_addr:
+        argv.append(f"--local-addr={local_addr}")
+    argv += list(extra_args)
     if cmd and not str(cmd[0]).endswith(".py"):
         argv.append("--no-python")
     return [*argv, *cmd]
@@ -242,7 +246,7 @@ def torchrun_argv(topo: Topology, cmd: Sequence[str], *, endpoint_host: str, por
 def build_argv(machine: MachineConfig, launcher: LauncherConfig, topo: Topology,
                cmd: Sequence[str], *, hosts: Sequence[str], hostfile: Optional[str],
                cpu_bind: Optional[str] = None, rdzv_id: str = "ezpz",
-               torchrun: str = "torchrun") -> list[str]:
+               torchrun: str = "torchrun", local_addr: Optional[str] = None) -> list[str]:
     """The full argv for ``launcher.name`` on ``machine`` (pure).
 
     ``hosts`` are the hosts used (the first ``topo.nhosts`` of the job); ``hostfile`` names
@@ -266,7 +270,8 @@ def build_argv(machine: MachineConfig, launcher: LauncherConfig, topo: Topology,
                               "(choose mpiexec or srun)")
         inner = torchrun_argv(topo, cmd, endpoint_host=hosts[0] if hosts else "localhost",
                               port=launcher.rdzv_port, rdzv_id=launcher.rdzv_id or rdzv_id,
-                              extra_args=launcher.extra_args, torchrun=torchrun)
+                              extra_args=launcher.extra_args, torchrun=torchrun,
+                              local_addr=local_addr)
         per_host = Topology(topo.nhosts, 1, topo.hosts_available, topo.gpus_per_host)
         if machine.node_starter == "srun":
             return srun_argv(machine, per_host, inner, verbose=launcher.verbose,
@@ -378,8 +383,14 @@ def plan_launch(machine: MachineConfig, launcher: LauncherConfig, cmd: Sequence[
     machine = replace(machine, mpiexec=find_executable(machine.mpiexec))
     argv = build_argv(machine, launcher, topo, cmd, hosts=["localhost"] if local else hosts,
                       hostfile=hostfile, cpu_bind=cpu_bind, rdzv_id=default_rdzv_id(env),
-                      torchrun=find_executable("torchrun"))
-    return LaunchPlan(argv=argv, env={str(k): str(v) for k, v in machine.env.items()},
+                      torchrun=find_executable("torchrun"),
+                      local_addr="127.0.0.1" if local else None)
+    child_env = {str(k): str(v) for k, v in machine.env.items()}
+    if local and launcher.name == "torchrun" and "GLOO_SOCKET_IFNAME" not in env:
+        # Every rank is on this machine: torch's rendezvous and gloo talk over loopback,
+        # whatever the processes' hostnames are.
+        child_env["GLOO_SOCKET_IFNAME"] = "lo"
+    return LaunchPlan(argv=argv, env=child_env,
                       topology=topo, hosts=hosts, hostlist=hostlist, hostfile=hostfile,
                       filters=active_filters(machine, launcher), local_only=local)
 
