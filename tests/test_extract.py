@@ -98,7 +98,9 @@ def test_hostile_member_refused(area, case, engine):
         extract_file(path, str(dest), engine=engine)
     msg = str(info.value)
     assert expected in msg
-    assert repr(members[-1]["name"]) in msg, "the error must name the member"
+    name = members[-1]["name"]
+    shown = repr(name) if len(name) <= 300 else repr(name[:160] + "...")[:-1]
+    assert shown in msg, "the error must name the member (very long names shortened)"
     assert "\n" not in msg
     _outside_untouched(outside)
     # the refused member itself was never created

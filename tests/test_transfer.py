@@ -71,11 +71,12 @@ def cfgfile(tmp_path: Path, **transfer) -> Path:
 
 
 def run(run_nodes, python, n, tmp_path, *, ppn=1, env=None, extra=(), shared_root=None,
-        timeout=120, **transfer):
+        timeout=120, tmp_size=None, readonly_node=None, **transfer):
     rd = tmp_path / "run"
     argv = [python, "-m", "ezpz.transfer", "--config-file", str(cfgfile(tmp_path, **transfer)),
             "--run-dir", str(rd), *extra]
-    res = run_nodes(n, argv, ppn=ppn, env=env, shared_root=shared_root, timeout=timeout)
+    res = run_nodes(n, argv, ppn=ppn, env=env, shared_root=shared_root, timeout=timeout,
+                    tmp_size=tmp_size, readonly_node=readonly_node)
     results = json.loads((rd / "results.json").read_text()) if (rd / "results.json").exists() \
         else None
     if results is not None:

@@ -24,6 +24,7 @@ the member they describe passed the checks.
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import queue
@@ -352,8 +353,15 @@ class ExtractReport:
     engine: str = "python"
 
 
+def _show(member: str) -> str:
+    """The member's name for an error line; very long names are shortened in the middle."""
+    if len(member) <= 300:
+        return repr(member)
+    return f"{member[:160] + '...' + member[-80:]!r} ({len(member)} characters)"
+
+
 def _err(member: str, why: str) -> ArchiveError:
-    return ArchiveError(f"unsafe archive member {member!r}: {why}; refusing to extract "
+    return ArchiveError(f"unsafe archive member {_show(member)}: {why}; refusing to extract "
                         "(only extract archives made by ezpz-tar-env or that you trust)")
 
 
@@ -505,6 +513,21 @@ class SafeExtractor:
         self.report = ExtractReport(engine=engine)
         self._dirs: list[tuple[str, int, float]] = []
         self._made: set[str] = {self.dest}
+        self._member = ""
+        self._declared = 0
+        self._free = _free_bytes(self.dest)
+
+    def _check_space(self, ti: tarfile.TarInfo) -> None:
+        """Refuse, before writing it, the member whose declared size no longer fits."""
+        self._declared += ti.size
+        if self._free is not None and self._declared > self._free:
+            from .config import format_size
+
+            raise ArchiveError(
+                f"{self.label}: member {ti.name!r} declares {format_size(ti.size)}, which brings "
+                f"the archive to {format_size(self._declared)}, more than the "
+                f"{format_size(self._free)} free in {self.dest}; refusing to extract (free space "
+                "or choose another transfer.dst)")
 
     # python engine helpers -----------------------------------------------------------
     def _mkparents(self, path: str) -> None:
@@ -602,6 +625,9 @@ class SafeExtractor:
                     if ti is None:
                         break
                     rel, mode = self.checker.check(ti)
+                    self._member = ti.name
+                    if ti.isreg():
+                        self._check_space(ti)
                     self.report.members += 1
                     if ti.mode & _DROP_BITS:
                         self.report.dropped_bits += 1
@@ -623,7 +649,11 @@ class SafeExtractor:
                     raise ArchiveError(f"{self.label}: tar failed: "
                                        f"{self._tar_stderr(proc, errfile)}") from exc
                 if isinstance(exc, OSError) and not _is_decode_error(exc):
-                    raise ArchiveError(f"{self.label}: cannot write {self.dest}: {exc}") from exc
+                    where = f"member {self._member!r} into " if self._member else ""
+                    fix = ("; free space or choose another transfer.dst"
+                           if exc.errno in (errno.ENOSPC, errno.EDQUOT) else "")
+                    raise ArchiveError(f"{self.label}: cannot write {where}{self.dest}: "
+                                       f"{exc.strerror or exc}{fix}") from exc
                 raise _decode_error(exc, self.label, codec) from exc
             except Exception as exc:  # zstandard.ZstdError, zlib.error
                 if type(exc).__name__ in ("ZstdError", "error", "BadGzipFile"):
@@ -674,6 +704,17 @@ class SafeExtractor:
         errfile.seek(0)
         lines = [ln for ln in errfile.read().decode(errors="replace").splitlines() if ln.strip()]
         return lines[0] if lines else f"exit code {proc.returncode}"
+
+
+def _free_bytes(path: str) -> Optional[int]:
+    """Bytes an unprivileged user may still write under ``path``; None when unknown."""
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return None
+    if not st.f_blocks:  # pseudo filesystems report no size
+        return None
+    return st.f_bavail * st.f_frsize
 
 
 def _is_decode_error(exc: OSError) -> bool:
