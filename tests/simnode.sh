@@ -25,11 +25,19 @@ fi
 if [ -n "$EZPZ_SIM_TMP_RO" ] && [ "$EZPZ_SIM_TMP_RO" = "$node" ]; then
   mount -o remount,ro /tmp || exit 97
 fi
+# The command runs as a child; signals sent to this wrapper (a launcher cleaning up, a
+# failure notice) are passed on to it, and its exit status and /tmp are still recorded.
+exec 3<&0
 if [ -n "$EZPZ_SIM_OUT" ] && [ "$EZPZ_SIM_CAPTURE" = 1 ]; then
-  "$@" >"$EZPZ_SIM_OUT/out.$rank" 2>&1; rc=$?
+  "$@" <&3 3<&- >"$EZPZ_SIM_OUT/out.$rank" 2>&1 &
 else
-  "$@"; rc=$?
+  "$@" <&3 3<&- &
 fi
+child=$!
+exec 3<&-
+for sig in HUP INT TERM USR1 USR2; do trap "kill -$sig $child 2>/dev/null" "$sig"; done
+wait "$child"; rc=$?
+while kill -0 "$child" 2>/dev/null; do wait "$child"; rc=$?; done
 if [ -n "$EZPZ_SIM_OUT" ]; then
   echo "$rc" >"$EZPZ_SIM_OUT/rc.$rank"
   if [ -n "$EZPZ_SIM_CHECK" ]; then

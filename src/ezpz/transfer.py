@@ -124,6 +124,45 @@ def default_dst(src: str, decompress: bool) -> str:
     return os.path.join("/tmp", strip_suffix(name) if decompress else name)
 
 
+def check_user_paths(cfg: TransferConfig, archive: Optional[str]) -> None:
+    """What a user got wrong about ``src``/``dst``, seen from the launching host before
+    anything starts: an unreadable archive, a dst of the wrong type, a read-only or
+    unwritable location. Raises :class:`ConfigError` (one line naming the key and the fix).
+    Each node checks again before it writes."""
+    if archive is not None:
+        try:
+            with open(archive, "rb") as fh:
+                fh.read(1)
+        except OSError as exc:
+            raise ConfigError(f"transfer.src: cannot read {archive}: {exc.strerror or exc} "
+                              "(make it readable, e.g. chmod a+r, or give another archive)") from None
+    dst = cfg.dst or (default_dst(archive, cfg.decompress) if archive else None)
+    if not dst:
+        return
+    dst = os.path.abspath(dst)
+    if os.path.lexists(dst):
+        if cfg.decompress and not os.path.isdir(dst):
+            raise ConfigError(f"transfer.dst: {dst} exists and is not a directory (remove it "
+                              "or choose another transfer.dst)")
+        if not cfg.decompress and os.path.isdir(dst):
+            raise ConfigError(f"transfer.dst: {dst} is a directory; a file cannot replace it "
+                              "(choose another transfer.dst)")
+    parent = os.path.dirname(dst)
+    while not os.path.lexists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise ConfigError(f"transfer.dst: {parent} is not a directory, so {dst} cannot be "
+                          "created (choose another transfer.dst)")
+    try:
+        readonly = bool(os.statvfs(parent).f_flag & os.ST_RDONLY)
+    except OSError:
+        readonly = False
+    if readonly or not os.access(parent, os.W_OK | os.X_OK):
+        why = "is on a read-only filesystem" if readonly else "is not writable"
+        raise ConfigError(f"transfer.dst: {parent} {why}, so {dst} cannot be written (choose "
+                          "a node-local writable place, e.g. transfer.dst=/tmp/<name>)")
+
+
 def archive_id(path: str, size: int, mtime_ns: int) -> str:
     """A cheap identity of the archive file: size, mtime and the first and last MiB."""
     import xxhash
@@ -276,7 +315,7 @@ class NodeInstall:
                 raise TransferError(f"transfer.dst: {self.dst} exists and is not a directory "
                                     "(remove it or choose another transfer.dst)")
             mark = self.read_marker()
-            if mark and mark.get("archive_id") == self.plan["id"]:
+            if mark and mark.get("archive_id") == self.plan["id"] and not self.cfg.overwrite:
                 return "skip"
             if not self.cfg.overwrite:
                 what = (f"holds a different archive (from {mark.get('src')})" if mark
@@ -328,10 +367,16 @@ class NodeInstall:
                 json.dump(mark, fh, indent=1)
         old = None
         if os.path.lexists(self.dst):
-            old = os.path.join(self.parent, f".{self.name}.ezpz-old-{os.getpid()}")
-            self.cleanup_paths.append(old)
-            os.rename(self.dst, old)
-        os.rename(tree, self.dst)
+            if _exchange(tree, self.dst):
+                # one atomic step: dst is never missing; the previous version is now at `tree`
+                old = tree
+            else:
+                old = os.path.join(self.parent, f".{self.name}.ezpz-old-{os.getpid()}")
+                self.cleanup_paths.append(old)
+                os.rename(self.dst, old)
+                os.rename(tree, self.dst)
+        else:
+            os.rename(tree, self.dst)
         if self.file_mode:
             os.replace(tmp_mark, self.marker_path)
         if old:
@@ -346,6 +391,30 @@ class NodeInstall:
         for path in self.cleanup_paths:
             _remove(path)
         self.cleanup_paths.clear()
+
+
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+def _exchange(a: str, b: str) -> bool:
+    """Swap the paths ``a`` and ``b`` atomically (Linux renameat2 RENAME_EXCHANGE).
+
+    False where the kernel, libc or filesystem cannot (the caller then renames in two steps).
+    """
+    import ctypes
+
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    if fn(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP):
+        return False
+    raise OSError(err, os.strerror(err), b)
 
 
 def _remove(path: str) -> None:
@@ -544,6 +613,8 @@ class Transfer:
     def _emergency_cleanup(self) -> None:
         if self.consumer is not None:
             self.consumer.stream.abort()
+            if self.consumer.is_alive() and self.consumer is not threading.current_thread():
+                self.consumer.join(5)  # let the extractor stop before its tree is removed
         if self.node is not None:
             self.node.cleanup()
 
@@ -574,7 +645,7 @@ class Transfer:
                          device=self.machine.device)
         comm.set_timeout_handler(self._on_timeout)
         old_handlers = {s: signal.signal(s, self._on_signal)
-                        for s in (signal.SIGTERM, signal.SIGINT)
+                        for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
                         if threading.current_thread() is threading.main_thread()}
         try:
             try:
@@ -582,6 +653,22 @@ class Transfer:
             except CommTimeout as exc:
                 log.critical("%s: %s", socket.gethostname(), exc)
                 self._emergency_cleanup()
+                sys.stderr.flush()
+                os._exit(EXIT_FAILURE)
+            except EzpzError:
+                self._emergency_cleanup()
+                raise
+            except BaseException as exc:
+                self._emergency_cleanup()
+                if not type(exc).__module__.startswith(("mpi4py", "torch")):
+                    raise
+                # The communication library failed, e.g. because a peer process died. Exit
+                # now: finalizing the library would wait for the dead peer.
+                lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+                log.critical("%s: the %s communication failed (%s); a node or rank is gone, "
+                             "see the launcher's output", socket.gethostname(), backend,
+                             lines[-1] if lines else type(exc).__name__)
+                sys.stdout.flush()
                 sys.stderr.flush()
                 os._exit(EXIT_FAILURE)
         finally:
@@ -658,8 +745,6 @@ class Transfer:
                 my.status, my.error = "failed", _one_line(exc)
         if my.status == "failed" and self.node is not None:
             self.node.cleanup()
-        if self.node is not None:
-            self.node.unlock()
         my.seconds = time.perf_counter() - t_start
         my.mb_s = plan["bytes"] / my.seconds / 1e6 if my.seconds and my.status == "ok" else 0.0
         my.rss_mb = round(peak_rss_mb(), 1)
@@ -669,6 +754,10 @@ class Transfer:
         # 5. every leader learns every node's status; the node's other ranks from the leader
         statuses = [NodeStatus(**s) for s in comm.allgather_leaders(asdict(my))]
         status, code = self._overall(statuses)
+        if my.status != "failed":
+            _update_failed_hosts(dst, status, statuses)
+        if self.node is not None:
+            self.node.unlock()
         comm.node_bcast_obj({"status": status, "exit_code": code, "error": my.error})
         self.phases["total"] = time.perf_counter() - t_start
         result = TransferResult(
@@ -846,6 +935,30 @@ class Transfer:
                              node.dst)
                 self.phases["relocate"] = time.perf_counter() - t0
         node.install(tree, digest)
+
+
+FAILED_HOSTS_SUFFIX = ".failed-hosts"
+
+
+def failed_hosts_path(dst: str) -> str:
+    """``<dst>.failed-hosts``: the hosts a partial run left out, one per line."""
+    return os.path.abspath(dst).rstrip("/") + FAILED_HOSTS_SUFFIX
+
+
+def _update_failed_hosts(dst: str, status: str, statuses: list[NodeStatus]) -> None:
+    """On a node that holds dst: list the failed hosts after a partial run (so that later
+    launches can leave them out); remove the stale list after a clean run."""
+    path = failed_hosts_path(dst)
+    try:
+        if status == "partial":
+            tmp = f"{path}.{os.getpid()}"
+            with open(tmp, "w") as fh:
+                fh.writelines(f"{s.host}\n" for s in statuses if s.status == "failed")
+            os.replace(tmp, path)
+        elif status in ("ok", "skipped") and os.path.lexists(path):
+            os.unlink(path)
+    except OSError as exc:
+        log.warning("cannot update %s: %s", path, exc.strerror or exc)
 
 
 def _one_line(exc: BaseException) -> str:
