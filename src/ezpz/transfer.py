@@ -701,7 +701,9 @@ class Transfer:
         action = "fail"
         try:
             self.node = NodeInstall(cfg, plan, dst)
-            self.node.lock(cfg.timeout)
+            # half the timeout: a node that cannot get the lock reports it while the other
+            # nodes still wait for its status
+            self.node.lock(cfg.timeout / 2)
             self.node.clean_stale()
             action = self.node.preflight()
             if action == "go":
