@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -79,30 +80,50 @@ def floor_node(codec: str, path: str) -> None:
     sys.exit(rc)
 
 
-def run_floor(n: int, codec: str, path: Path) -> float:
-    t0 = time.perf_counter()
-    res = simnodes.run_simnodes(n, [PY, __file__, "--floor-node", codec, str(path)],
-                                timeout=1800)
-    wall = time.perf_counter() - t0
-    if res.returncode != 0:
-        raise SystemExit(f"floor failed: {res.output}\n" + "\n".join(x.output for x in res.nodes))
-    return wall
+def _sim(n: int, argv: list[str], env: dict[str, str] | None = None) -> tuple[float, float, list]:
+    """Run ``argv`` on ``n`` simulated nodes: (wall s, CPU s of every process, node results).
+
+    The harness's per-node check (which hashes every file under /tmp) is turned off: it
+    would add the same large constant to both sides and hide the difference being measured.
+    CPU seconds are user + system of every descendant (mpiexec waits for its proxies, which
+    wait for the ranks and their children).
+    """
+    out = tempfile.mkdtemp(prefix="ezpz-bench-sim-", dir="/var/tmp")
+    try:
+        full_env = simnodes.sim_env(out, capture=True, check=False, base=env)
+        cmd = [simnodes.mpiexec_path(), "-n", str(n), simnodes.SIMNODE, *argv]
+        r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        t0 = time.perf_counter()
+        p = subprocess.run(cmd, env=full_env, capture_output=True, text=True, timeout=1800)
+        wall = time.perf_counter() - t0
+        r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
+        nodes = simnodes.collect(out, n)
+        if p.returncode != 0:
+            raise SystemExit(f"failed ({cmd}):\n{p.stdout}{p.stderr}\n"
+                             + "\n".join(x.output[-3000:] for x in nodes))
+        return wall, cpu, nodes
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
 
 
-def run_ezpz(n: int, path: Path, chunk: str, engine: str = "python") -> tuple[float, dict]:
+def run_floor(n: int, codec: str, path: Path) -> tuple[float, float]:
+    wall, cpu, _ = _sim(n, [PY, __file__, "--floor-node", codec, str(path)])
+    return wall, cpu
+
+
+def run_ezpz(n: int, path: Path, chunk: str, engine: str = "python",
+             extra: tuple[str, ...] = ()) -> tuple[float, float, dict]:
     work = Path(tempfile.mkdtemp(prefix="ezpz-bench-", dir="/var/tmp"))
     try:
         cfg = work / "cfg.yaml"
         cfg.write_text(f"transfer:\n  src: {json.dumps(str(path))}\n  chunk_size: {chunk}\n"
                        f"  extractor: {engine}\n")
-        argv = [PY, "-m", "ezpz.transfer", "--config-file", str(cfg), "--run-dir", str(work)]
+        argv = [PY, "-m", "ezpz.transfer", "--config-file", str(cfg), "--run-dir", str(work),
+                *extra]
         env = dict(os.environ, EZPZ_LOG_LEVEL="WARNING")
-        t0 = time.perf_counter()
-        res = simnodes.run_simnodes(n, argv, timeout=1800, env=env)
-        wall = time.perf_counter() - t0
-        if res.returncode != 0:
-            raise SystemExit("ezpz failed:\n" + "\n".join(x.output[-3000:] for x in res.nodes))
-        return wall, json.loads((work / "results.json").read_text())
+        wall, cpu, _ = _sim(n, argv, env)
+        return wall, cpu, json.loads((work / "results.json").read_text())
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -117,72 +138,115 @@ def startup() -> float:
     return statistics.median(times)
 
 
+def _rss(res: dict) -> float:
+    return max(p["rss_mb"] for p in res["per_node"])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small payload, one repeat")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--nodes", default="2,4")
+    ap.add_argument("--codecs", default="zstd,gzip")
     ap.add_argument("--chunks", default="4MiB,16MiB,64MiB")
+    ap.add_argument("--parts", default="main,sweep,extractor,rss,startup",
+                    help="comma-separated subset of main,sweep,extractor,rss,startup")
+    ap.add_argument("overrides", nargs="*", help="extra transfer overrides for every ezpz run "
+                    "(e.g. transfer.depth=2)")
     ap.add_argument("--floor-node", nargs=2, metavar=("CODEC", "PATH"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.floor_node:
         floor_node(*args.floor_node)
         return
+    parts = set(args.parts.split(","))
+    if "startup" in parts and parts == {"startup"}:
+        print(f"worker start-up (python -m ezpz.transfer --help, median of 5): {startup():.2f} s")
+        return
     ok, why = simnodes.namespaces_available()
     if not ok:
         raise SystemExit(f"simulated nodes unavailable: {why}")
     os.environ.setdefault("TMPDIR", "/var/tmp")
+    from ezpz.config import TransferConfig
+
     repeat = 1 if args.quick else args.repeat
     nodes = [int(x) for x in args.nodes.split(",")]
+    codecs = args.codecs.split(",")
     chunks = args.chunks.split(",")
+    extra = tuple(args.overrides)
+    default_chunk = TransferConfig().chunk_size
     small = payload.ensure(small=True)
     big = small if args.quick else payload.ensure()
     files, size = (payload.CACHE / big.name / ".ezpz-bench-complete").read_text().split()
-    print(f"payload {big}: {int(files)} files, {int(size) / 1e9:.2f} GB; repeats {repeat}")
+    print(f"command: {' '.join(['python', 'benchmarks/bench_transfer.py', *sys.argv[1:]])}")
+    print(f"machine: {os.cpu_count()} cores; nodes simulated on this one machine "
+          f"(mpiexec {simnodes.mpiexec_path().rsplit('/', 1)[-1]}, one rank per node)")
+    print(f"payload {big.name}: {int(files)} files, {int(size) / 1e9:.2f} GB; repeats {repeat}; "
+          f"chunk_size {default_chunk}; overrides {list(extra)}")
     arch = {c: archive(big, c) for c in ("zstd", "gzip")}
     for c, p in arch.items():
         print(f"  {c}: {p.stat().st_size / 1e6:.0f} MB")
 
-    print("\n| N | codec | floor s | ezpz s | ezpz/floor | peak RSS MB (max rank) |")
-    print("|---|---|---|---|---|---|")
-    default_chunk = "16MiB"
-    for n in nodes:
-        for codec in ("zstd", "gzip"):
-            fl, ez, rss = [], [], []
-            for _ in range(repeat):  # alternate
-                fl.append(run_floor(n, codec, arch[codec]))
-                wall, res = run_ezpz(n, arch[codec], default_chunk)
-                ez.append(wall)
-                rss.append(max(p["rss_mb"] for p in res["per_node"]))
-            f, e = statistics.median(fl), statistics.median(ez)
-            print(f"| {n} | {codec} | {f:.2f} | {e:.2f} | {e / f:.2f} | {max(rss):.0f} |",
-                  flush=True)
+    if "main" in parts:
+        print("\nwall s: the whole mpiexec run; CPU s: user+sys of every process of the run; "
+              "extract/relocate s: rank 0's phases (median)\n")
+        print("| N | codec | floor s | ezpz s | ezpz/floor | floor CPU s | ezpz CPU s | "
+              "extract s | relocate s | relocate/extract | peak RSS MB (max rank) |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|")
+        for n in nodes:
+            for codec in codecs:
+                fl, flc, ez, ezc, ext, rel, rss = [], [], [], [], [], [], []
+                for _ in range(repeat):  # alternate
+                    w, c = run_floor(n, codec, arch[codec])
+                    fl.append(w)
+                    flc.append(c)
+                    w, c, res = run_ezpz(n, arch[codec], default_chunk, extra=extra)
+                    ez.append(w)
+                    ezc.append(c)
+                    ext.append(res["phases"]["extract"])
+                    rel.append(res["phases"]["relocate"])
+                    rss.append(_rss(res))
+                    print(f"    run: floor {fl[-1]:.2f} s ({flc[-1]:.1f} CPU s), ezpz {w:.2f} s "
+                          f"({c:.1f} CPU s), phases {res['phases']}", flush=True)
+                f, e = statistics.median(fl), statistics.median(ez)
+                x, r = statistics.median(ext), statistics.median(rel)
+                print(f"| {n} | {codec} | {f:.2f} | {e:.2f} | {e / f:.2f} | "
+                      f"{statistics.median(flc):.1f} | {statistics.median(ezc):.1f} | {x:.2f} | "
+                      f"{r:.3f} | {100 * r / x:.1f}% | {max(rss):.0f} |", flush=True)
 
-    print("\nchunk_size sweep (N=2, zstd):\n\n| chunk_size | ezpz s | MB/s | peak RSS MB |")
-    print("|---|---|---|---|")
-    for chunk in chunks:
-        ez, rss = [], []
+    if "sweep" in parts:
+        print("\nchunk_size sweep (N=2, zstd):\n\n| chunk_size | ezpz s | MB/s | peak RSS MB |")
+        print("|---|---|---|---|")
+        results: dict[str, list] = {c: [] for c in chunks}
+        for _ in range(repeat):  # alternate
+            for chunk in chunks:
+                results[chunk].append(run_ezpz(2, arch["zstd"], chunk, extra=extra))
+        for chunk in chunks:
+            e = statistics.median(r[0] for r in results[chunk])
+            print(f"| {chunk} | {e:.2f} | {arch['zstd'].stat().st_size / e / 1e6:.0f} | "
+                  f"{max(_rss(r[2]) for r in results[chunk]):.0f} |", flush=True)
+
+    if "extractor" in parts:
+        print(f"\nextractor (N=2, zstd, {default_chunk}): python vs GNU tar fed the checked "
+              "stream\n")
+        eng: dict[str, list[float]] = {"python": [], "tar": []}
         for _ in range(repeat):
-            wall, res = run_ezpz(2, arch["zstd"], chunk)
-            ez.append(wall)
-            rss.append(max(p["rss_mb"] for p in res["per_node"]))
-        e = statistics.median(ez)
-        print(f"| {chunk} | {e:.2f} | {arch['zstd'].stat().st_size / e / 1e6:.0f} | "
-              f"{max(rss):.0f} |", flush=True)
+            for engine in eng:
+                eng[engine].append(run_ezpz(2, arch["zstd"], default_chunk, engine, extra)[0])
+        for engine, ts in eng.items():
+            print(f"  {engine}: {statistics.median(ts):.2f} s")
 
-    print("\nextractor (N=2, zstd, 16MiB): python vs GNU tar fed the checked stream\n")
-    for engine in ("python", "tar"):
-        ez = [run_ezpz(2, arch["zstd"], default_chunk, engine)[0] for _ in range(repeat)]
-        print(f"  {engine}: {statistics.median(ez):.2f} s")
+    if "rss" in parts:
+        print(f"\npeak RSS flat across payload sizes (N=2, zstd, {default_chunk}):")
+        for venv in ([small] if args.quick else [small, big]):
+            a = archive(venv, "zstd")
+            _, _, res = run_ezpz(2, a, default_chunk, extra=extra)
+            print(f"  {venv.name}: archive {a.stat().st_size / 1e6:.0f} MB -> peak RSS "
+                  f"{_rss(res):.0f} MB (per rank: "
+                  f"{', '.join(str(round(p['rss_mb'])) for p in res['per_node'])})")
 
-    print("\npeak RSS flat across payload sizes (N=2, zstd, 16MiB):")
-    for venv in ([small] if args.quick else [small, big]):
-        a = archive(venv, "zstd")
-        _, res = run_ezpz(2, a, default_chunk)
-        print(f"  {venv.name}: archive {a.stat().st_size / 1e6:.0f} MB -> peak RSS "
-              f"{max(p['rss_mb'] for p in res['per_node']):.0f} MB")
-
-    print(f"\nworker start-up (python -m ezpz.transfer --help, median of 5): {startup():.2f} s")
+    if "startup" in parts:
+        print(f"\nworker start-up (python -m ezpz.transfer --help, median of 5): "
+              f"{startup():.2f} s")
 
 
 if __name__ == "__main__":
