@@ -29,6 +29,7 @@ import io
 import os
 import queue
 import stat
+import struct
 import subprocess
 import tarfile
 import tempfile
@@ -319,8 +320,54 @@ class _ForwardReader:
         return done
 
 
+_HEADER = struct.Struct("100s8s8s8s12s12s8s1s100s8s32s32s8s8s155s12s")
+
+
+def _octal(field: bytes) -> int:
+    return int(field.split(b"\0", 1)[0].strip() or b"0", 8)
+
+
 class _TarInfo(tarfile.TarInfo):
-    """Remembers the raw header block so the end of the archive can be checked."""
+    """Remembers the raw header block so the end of the archive can be checked.
+
+    ``frombuf`` parses the common header (octal numbers, unsigned checksum) in a few calls
+    instead of one per field: tar parsing runs on the extraction thread and holds the GIL,
+    and this is most of its cost per member. Anything else (base-256 numbers, signed
+    checksums, sparse members, bad headers) goes to tarfile's own parser, which decides.
+    """
+
+    @classmethod
+    def frombuf(cls, buf, encoding, errors):  # type: ignore[override]
+        if len(buf) != BLOCK or buf[156:157] == tarfile.GNUTYPE_SPARSE or \
+                buf.count(0) == BLOCK:
+            return super().frombuf(buf, encoding, errors)
+        (name, mode, uid, gid, size, mtime, chksum, typ, linkname, _magic, uname, gname,
+         devmajor, devminor, prefix, _pad) = _HEADER.unpack(buf)
+        dev = typ in (tarfile.CHRTYPE, tarfile.BLKTYPE)  # device numbers: only for devices
+        try:
+            nums = [int(f.rstrip(b"\0 ") or b"0", 8)
+                    for f in (chksum, mode, uid, gid, size, mtime)]
+            nums += [_octal(devmajor), _octal(devminor)] if dev else [0, 0]
+        except ValueError:  # base-256 numbers, a NUL inside a field: tarfile decides
+            return super().frombuf(buf, encoding, errors)
+        if nums[0] != 256 + sum(buf) - sum(chksum):
+            return super().frombuf(buf, encoding, errors)
+        obj = cls()
+        obj.name = name.split(b"\0", 1)[0].decode(encoding, errors)
+        obj.chksum, obj.mode, obj.uid, obj.gid, obj.size, obj.mtime, obj.devmajor, \
+            obj.devminor = nums
+        obj.type = typ
+        obj.linkname = linkname.split(b"\0", 1)[0].decode(encoding, errors)
+        obj.uname = uname.split(b"\0", 1)[0].decode(encoding, errors)
+        obj.gname = gname.split(b"\0", 1)[0].decode(encoding, errors)
+        pre = prefix.split(b"\0", 1)[0].decode(encoding, errors)
+        if typ == tarfile.AREGTYPE and obj.name.endswith("/"):
+            obj.type = tarfile.DIRTYPE
+        if obj.type == tarfile.DIRTYPE:
+            obj.name = obj.name.rstrip("/")
+        if pre and obj.type not in tarfile.GNU_TYPES:
+            obj.name = pre + "/" + obj.name
+        return obj
 
     @classmethod
     def fromtarfile(cls, tf):  # type: ignore[override]
@@ -371,6 +418,7 @@ class MemberChecker:
     def __init__(self, dest: str) -> None:
         self.dest = dest
         self.symlinks: dict[str, str] = {}
+        self._resolved: dict[str, list[str]] = {}  # parent dir -> resolved; reset with symlinks
         self.files: set[str] = set()
         self.tops: dict[str, bool] = {}  # top-level name -> is a directory
         self._dest_len = len(os.fsencode(os.path.abspath(dest)))
@@ -387,14 +435,25 @@ class MemberChecker:
             raise _err(member, "'..' component escapes the destination")
         if not parts:
             raise _err(member, "names the destination itself")
-        if any(len(os.fsencode(p)) > NAME_MAX for p in parts):
+        raw = os.fsencode(name)  # the parts' lengths are bounded by the whole name's
+        if len(raw) > NAME_MAX and any(len(os.fsencode(p)) > NAME_MAX for p in parts):
             raise _err(member, f"a path component is longer than {NAME_MAX} bytes")
-        if self._dest_len + 1 + len(os.fsencode("/".join(parts))) >= PATH_MAX:
+        if self._dest_len + 1 + len(raw) >= PATH_MAX and \
+                self._dest_len + 1 + len(os.fsencode("/".join(parts))) >= PATH_MAX:
             raise _err(member, f"path longer than PATH_MAX ({PATH_MAX}) under the destination")
         return parts
 
     def _resolve(self, parts: list[str], member: str) -> list[str]:
         """Resolve directory ``parts`` through the archive's symlinks, lexically."""
+        if not self.symlinks:
+            return parts
+        key = "/".join(parts)
+        hit = self._resolved.get(key)
+        if hit is None:
+            hit = self._resolved[key] = self._resolve_walk(parts, member)
+        return hit
+
+    def _resolve_walk(self, parts: list[str], member: str) -> list[str]:
         out: list[str] = []
         todo = list(parts)
         hops = 0
@@ -454,8 +513,9 @@ class MemberChecker:
             if not ti.linkname:
                 raise _err(member, "symlink with an empty target")
             self.symlinks[rel] = ti.linkname
-        else:
-            self.symlinks.pop(rel, None)
+            self._resolved.clear()
+        elif self.symlinks.pop(rel, None) is not None:
+            self._resolved.clear()
         if ti.isreg() or ti.islnk():
             self.files.add(rel)
         else:
@@ -561,9 +621,12 @@ class SafeExtractor:
             self._dirs.append((path, mode, ti.mtime))
             self.report.dirs += 1
         elif ti.isreg():
-            self._clear(path, member)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                         0o600)
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+            try:  # a fresh path is the rule: clear only when something is there
+                fd = os.open(path, flags, 0o600)
+            except FileExistsError:
+                self._clear(path, member)
+                fd = os.open(path, flags, 0o600)
             try:
                 reader.seek(ti.offset_data)
                 n = reader.copy_to(fd, ti.size)
