@@ -455,15 +455,18 @@ class Consumer(threading.Thread):
             if self.node.file_mode:
                 self._write_file()
             else:
-                from .extract import SafeExtractor, open_decoder
+                from .extract import SafeExtractor
 
                 raw: Any = self.stream
                 if self.copy_fd is not None:
                     raw = _Tee(self.stream, self.copy_fd)
-                dec = open_decoder(raw, self.codec)
-                ex = SafeExtractor(self.node.staging, engine=self.engine,
-                                   label=self.node.plan["src"])
-                self.report = ex.run(dec, self.codec)
+                dec = _DecodeAhead(raw, self.codec)
+                try:
+                    ex = SafeExtractor(self.node.staging, engine=self.engine,
+                                       label=self.node.plan["src"])
+                    self.report = ex.run(dec, self.codec)  # type: ignore[arg-type]
+                finally:
+                    dec.close()
                 self.stream.drain()
         except BaseException as exc:  # noqa: BLE001 - reported to the main thread
             self.error = exc
@@ -509,6 +512,135 @@ class _Tee:
         buf = bytearray(n if n and n > 0 else 1 << 20)
         got = self.readinto(buf)
         return bytes(buf[:got])
+
+
+class _DecodeAhead:
+    """The decompressed stream, decoded in its own thread ahead of the tar parser.
+
+    zstandard and ISA-L (zlib without it) release the GIL while they decompress, so decoding
+    runs beside the parsing and file writes of the extraction thread instead of in turn with
+    them. Blocks of up to ``READ_SIZE`` bytes pass through a bounded queue (memory: ``depth``
+    blocks); a decoder error is raised again in the reader.
+    """
+
+    def __init__(self, raw: Any, codec: str, depth: int = 8) -> None:
+        from .extract import READ_SIZE, open_decoder
+
+        self._q: "queue.Queue[Any]" = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._cur = b""
+        self._pos = 0
+        self._eof = False
+        if codec == "gzip":
+            self._blocks = _gzip_blocks(raw, READ_SIZE)
+        else:
+            self._blocks = _read_blocks(open_decoder(raw, codec), READ_SIZE)
+        self._thread = threading.Thread(target=self._run, name="ezpz-decode", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            for block in self._blocks:
+                if not self._put(block):
+                    return
+            self._put(b"")
+        except BaseException as exc:  # noqa: BLE001 - raised again in the reader
+            self._put(exc)
+
+    def _put(self, item: Any) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def read(self, n: int = -1) -> bytes:
+        if self._pos >= len(self._cur):
+            if self._eof:
+                return b""
+            while True:
+                try:
+                    item = self._q.get(timeout=0.1)
+                    break
+                except queue.Empty:
+                    if not self._thread.is_alive() and self._q.empty():
+                        self._eof = True
+                        return b""
+            if isinstance(item, BaseException):
+                self._eof = True
+                raise item
+            if not item:
+                self._eof = True
+                return b""
+            self._cur, self._pos = item, 0
+        if self._pos == 0 and (n is None or n < 0 or n >= len(self._cur)):
+            self._pos = len(self._cur)
+            return self._cur  # the whole block, no copy
+        end = len(self._cur) if n is None or n < 0 else self._pos + n
+        out = self._cur[self._pos:end]
+        self._pos += len(out)
+        return out
+
+    def readable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        self._stop.set()
+
+
+def _read_blocks(dec: Any, size: int) -> Any:
+    while True:
+        block = dec.read(size)
+        if not block:
+            return
+        yield block
+
+
+def _gzip_blocks(raw: Any, size: int) -> Any:
+    """Decompressed blocks (<= ``size`` bytes) of a gzip stream of one or more members."""
+    import gzip
+
+    try:
+        from isal import isal_zlib as zmod
+    except ImportError:  # pragma: no cover - isal is optional
+        import zlib as zmod  # type: ignore[no-redef]
+    buf = bytearray(size)
+    view = memoryview(buf)
+    d = zmod.decompressobj(31)
+    started = False  # the current member has consumed input
+    try:
+        while True:
+            n = raw.readinto(buf)
+            if not n:
+                break
+            data: Any = view[:n]
+            while len(data):
+                if not started and data[0] == 0:  # zero padding after a member, as gzip allows
+                    data = bytes(data).lstrip(b"\0")
+                    continue
+                started = True
+                out = d.decompress(data, size)
+                if out:
+                    yield out
+                if d.eof:
+                    data = d.unused_data
+                    d = zmod.decompressobj(31)
+                    started = False
+                else:
+                    data = d.unconsumed_tail
+        if started:
+            while not d.eof:
+                out = d.decompress(b"", size)
+                if not out:
+                    break
+                yield out
+            if not d.eof:
+                raise EOFError("compressed file ended before the end-of-stream marker was "
+                               "reached")
+    except zmod.error as exc:
+        raise gzip.BadGzipFile(str(exc)) from exc
 
 
 # --------------------------------------------------------------------------------------
