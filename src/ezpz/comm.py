@@ -34,6 +34,11 @@ log = get_logger(__name__)
 
 #: Bytes of one JSON object slot in gathers and node broadcasts.
 OBJ_SLOT = 8192
+#: Longest sleep (s) between tests of a data broadcast in flight; 0 = blocking ``Bcast``.
+#: MPICH's blocking collectives busy-poll: a rank waiting for a peer that is still busy
+#: extracting would burn a core the extraction needs (measured in
+#: benchmarks/bench_transfer.py, where nodes share cores).
+DATA_POLL = float(os.environ.get("EZPZ_BCAST_POLL", "0.0005"))
 _PMI_VARS = ("PMI_RANK", "PMI_SIZE", "PMIX_RANK", "OMPI_COMM_WORLD_RANK", "PALS_RANKID")
 
 
@@ -250,8 +255,13 @@ class MPIComm(Comm):
     def bcast_data(self, view: Any, nbytes: int) -> None:
         if self.leaders.Get_size() == 1 or nbytes == 0:
             return
-        with self.guarded("a data broadcast"):
-            self.leaders.Bcast([memoryview(view)[:nbytes], self.MPI.BYTE], root=0)
+        buf = [memoryview(view)[:nbytes], self.MPI.BYTE]
+        if not DATA_POLL:
+            with self.guarded("a data broadcast"):
+                self.leaders.Bcast(buf, root=0)
+            return
+        req = self.leaders.Ibcast(buf, root=0)
+        self._poll(req.Test, "a data broadcast", DATA_POLL)
 
     def _allgather(self, comm: Any, obj: Any, what: str, timeout: Optional[float]) -> list[Any]:
         n = comm.Get_size()
