@@ -105,6 +105,13 @@ def check_src(src: Optional[str]) -> tuple[Optional[Path], Optional[Path]]:
     if src is None:
         return None, Path(sys.prefix)
     path = Path(src).expanduser()
+    try:
+        path.stat()
+    except PermissionError as exc:
+        raise ConfigError(f"transfer.src: cannot read {src}: {exc.strerror} (make it and "
+                          "its directories readable, e.g. chmod a+r / a+x)") from None
+    except OSError:
+        pass  # missing: reported below
     if path.is_dir():
         return None, path.resolve()
     if path.is_file():
@@ -249,10 +256,20 @@ def preflight(args: Sequence[str]) -> None:
     overrides, _ = resolve_machine(split.overrides)
     settings: YeetConfig = to_settings(validate_overrides("yeet", overrides, False))
     resolve_backend(settings.launcher.name, settings.transfer.backend)
-    check_src(settings.transfer.src)
+    archive, _ = check_src(settings.transfer.src)
+    from ..transfer import check_user_paths
+
+    check_user_paths(settings.transfer, str(archive) if archive else None)
     hosts = discover_hosts(settings.launcher.hostfile)
     resolve_topology(ngpus=None, nhosts=settings.launcher.nhosts, ngpu_per_host=1,
                      hosts_available=len(hosts), gpus_per_host=0)
+    lc = settings.launcher
+    if lc.ngpus is not None or lc.ngpu_per_host is not None:
+        # the transfer uses one process per host, but GPU counts that cannot fit the job's
+        # hosts are a mistake worth stopping on (the machine's GPU count when it is known)
+        resolve_topology(ngpus=lc.ngpus, nhosts=lc.nhosts, ngpu_per_host=lc.ngpu_per_host,
+                         hosts_available=len(hosts),
+                         gpus_per_host=settings.machine.gpus_per_node or 0)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
