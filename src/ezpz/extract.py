@@ -14,7 +14,9 @@ Every member is checked before anything is written (both engines):
   are legitimate;
 - hardlinks whose target is absolute, outside, or not a file extracted earlier → refused;
 - device nodes, FIFOs, sparse and unknown member types → refused;
-- setuid/setgid bits are dropped, ownership is never restored.
+- setuid/setgid bits are dropped, ownership is never restored;
+- a regular file whose declared size brings the archive past the destination's free space
+  (a tar bomb) → refused before it is written.
 
 The error (:class:`ArchiveError`) names the member. Two engines write the checked stream:
 ``python`` (files written here, GIL released during writes and decompression) and ``tar``
