@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from test_transfer import cfgfile, run
+from test_transfer import run
 
 pytestmark = pytest.mark.simnodes
 
