@@ -101,6 +101,8 @@ class LauncherConfig:
     name: str = "mpiexec"
     #: Node list file; default: PBS_NODEFILE / HOSTFILE / Slurm / localhost.
     hostfile: Optional[str] = None
+    #: A file of hosts to leave out (one per line), e.g. the <dst>.failed-hosts of a partial transfer.
+    exclude_hosts: Optional[str] = None
     #: Total processes (GPUs) to use; any subset of ngpus/nhosts/ngpu_per_host may be given.
     ngpus: Optional[int] = None
     nhosts: Optional[int] = None

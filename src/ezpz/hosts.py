@@ -11,7 +11,7 @@ import itertools
 import os
 import re
 import socket
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
@@ -130,6 +130,29 @@ def read_hostfile(path: str | os.PathLike[str], origin: str = "hostfile") -> lis
     if not names:
         raise LaunchError(f"{origin}: {str(path)!r} is empty (no host names)")
     return names
+
+
+def exclude_hosts(hostlist: "HostList", path: str | os.PathLike[str]) -> "HostList":
+    """``hostlist`` without the hosts named in ``path`` (one per line, e.g. the
+    ``<dst>.failed-hosts`` file a partial transfer leaves), compared on the short name.
+
+    A missing or unreadable file is an error; an empty one excludes nothing. Excluding every
+    host is an error.
+    """
+    origin = "launcher.exclude_hosts"
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except FileNotFoundError:
+        raise LaunchError(f"{origin}: {str(path)!r} does not exist") from None
+    except (PermissionError, IsADirectoryError, OSError) as exc:
+        raise LaunchError(f"{origin}: cannot read {str(path)!r} ({exc.strerror or exc})") from None
+    names = [line.split("#", 1)[0].strip() for line in text.splitlines()]
+    drop = {short_hostname(n).lower() for n in names if n}
+    kept = [h for h in hostlist.hosts if short_hostname(h).lower() not in drop]
+    if not kept:
+        raise LaunchError(f"{origin}: {str(path)!r} excludes every host of {hostlist.source}")
+    return replace(hostlist, hosts=kept, source=f"{hostlist.source} minus {str(path)!r}")
 
 
 _BRACKET = re.compile(r"\[([^\[\]]*)\]")

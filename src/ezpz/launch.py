@@ -28,7 +28,7 @@ from typing import IO, Iterable, Mapping, Optional, Sequence
 
 from .config import LauncherConfig, MachineConfig
 from .errors import ConfigError, LaunchError
-from .hosts import HostList, all_local, detect_machine, discover_hosts
+from .hosts import HostList, all_local, detect_machine, discover_hosts, exclude_hosts
 from .log import debug_enabled, get_logger
 
 log = get_logger(__name__)
@@ -211,10 +211,14 @@ def mpiexec_argv(machine: MachineConfig, topo: Topology, cmd: Sequence[str], *,
 
 def srun_argv(machine: MachineConfig, topo: Topology, cmd: Sequence[str], *,
               cpu_bind: Optional[str] = None, verbose: bool = False,
-              extra_args: Sequence[str] = (), wrap: Sequence[str] = ()) -> list[str]:
-    """``srun -N H --ntasks-per-node=P --mpi=M [--cpu-bind=B] [--verbose] [extra] [wrap] cmd``."""
+              extra_args: Sequence[str] = (), wrap: Sequence[str] = (),
+              nodelist: Sequence[str] = ()) -> list[str]:
+    """``srun -N H --ntasks-per-node=P --mpi=M [--nodelist=a,b] [--cpu-bind=B] [--verbose]
+    [extra] [wrap] cmd``; ``nodelist`` pins the hosts (when some of the allocation's are left out)."""
     argv = ["srun", "-N", str(topo.nhosts), f"--ntasks-per-node={topo.ngpu_per_host}",
             f"--mpi={machine.srun_mpi}"]
+    if nodelist:
+        argv.append("--nodelist=" + ",".join(nodelist))
     if cpu_bind:
         argv.append(f"--cpu-bind={cpu_bind}")
     if verbose:
@@ -261,9 +265,11 @@ def build_argv(machine: MachineConfig, launcher: LauncherConfig, topo: Topology,
         return mpiexec_argv(machine, topo, cmd, hostfile=hostfile, hosts=hosts,
                             cpu_bind=cpu_bind, verbose=launcher.verbose,
                             extra_args=launcher.extra_args, wrap=launcher.wrap)
+    # srun picks hosts from the allocation itself: name them when some are left out.
+    nodelist = list(hosts) if launcher.exclude_hosts else []
     if launcher.name == "srun":
         return srun_argv(machine, topo, cmd, cpu_bind=cpu_bind, verbose=launcher.verbose,
-                         extra_args=launcher.extra_args, wrap=launcher.wrap)
+                         extra_args=launcher.extra_args, wrap=launcher.wrap, nodelist=nodelist)
     if launcher.name == "torchrun":
         if machine.node_starter not in NODE_STARTERS:
             raise LaunchError(f"machine.node_starter: {machine.node_starter!r} is not supported "
@@ -275,7 +281,7 @@ def build_argv(machine: MachineConfig, launcher: LauncherConfig, topo: Topology,
         per_host = Topology(topo.nhosts, 1, topo.hosts_available, topo.gpus_per_host)
         if machine.node_starter == "srun":
             return srun_argv(machine, per_host, inner, verbose=launcher.verbose,
-                             wrap=launcher.wrap)
+                             wrap=launcher.wrap, nodelist=nodelist)
         return mpiexec_argv(machine, per_host, inner, hostfile=hostfile, hosts=hosts,
                             verbose=launcher.verbose, wrap=launcher.wrap)
     raise LaunchError(f"launcher.name: {launcher.name!r} is not a launcher "
@@ -359,6 +365,11 @@ def plan_launch(machine: MachineConfig, launcher: LauncherConfig, cmd: Sequence[
     if not cmd:
         raise LaunchError("no command to launch (give it after -- or as cmd=[...])")
     hostlist = hostlist or discover_hosts(launcher.hostfile, env)
+    if launcher.exclude_hosts:
+        before = len(hostlist)
+        hostlist = exclude_hosts(hostlist, launcher.exclude_hosts)
+        log.info("left out %d of %d hosts listed in %s", before - len(hostlist), before,
+                 launcher.exclude_hosts)
     if one_per_host:
         topo = resolve_topology(ngpus=None, nhosts=launcher.nhosts, ngpu_per_host=1,
                                 hosts_available=len(hostlist), gpus_per_host=0)
