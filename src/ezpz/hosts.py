@@ -222,7 +222,7 @@ def expand_nodelist(text: str) -> list[str]:
 
 
 def discover_hosts(hostfile: Optional[str] = None, environ: Optional[Mapping[str, str]] = None,
-                   pbs_aux_dir: str = PBS_AUX_DIR) -> HostList:
+                   pbs_aux_dir: str = PBS_AUX_DIR, *, warn: bool = True) -> HostList:
     """The job's nodes. Looks, in order, at:
 
     1. ``hostfile`` (``launcher.hostfile=...``);
@@ -255,8 +255,9 @@ def discover_hosts(hostfile: Optional[str] = None, environ: Optional[Mapping[str
             if not hosts:
                 raise LaunchError(f"{var}={env[var]!r} names no hosts")
             return HostList(hosts, f"{var}={env[var]}")
-    log.warning("no hostfile, PBS_NODEFILE, HOSTFILE, PBS_JOBID or SLURM_JOB_NODELIST: "
-                "running on this host only (set launcher.hostfile=... for more)")
+    if warn:
+        log.warning("no hostfile, PBS_NODEFILE, HOSTFILE, PBS_JOBID or SLURM_JOB_NODELIST: "
+                    "running on this host only (set launcher.hostfile=... for more)")
     return HostList(["localhost"], "localhost")
 
 

@@ -260,7 +260,7 @@ def preflight(args: Sequence[str]) -> None:
     from ..transfer import check_user_paths
 
     check_user_paths(settings.transfer, str(archive) if archive else None)
-    hosts = discover_hosts(settings.launcher.hostfile)
+    hosts = discover_hosts(settings.launcher.hostfile, warn=False)  # the launch warns once
     resolve_topology(ngpus=None, nhosts=settings.launcher.nhosts, ngpu_per_host=1,
                      hosts_available=len(hosts), gpus_per_host=0)
     lc = settings.launcher
