@@ -166,6 +166,9 @@ def packed_venv(tmp_path_factory) -> dict:
              "--disable-pip-version-check", "-q", wheel])
     assert p.returncode == 0, p.stderr
     assert (old / "bin" / PKG).read_bytes().startswith(b"#!/bin/sh\n'''exec' ")
+    from ezpz.tar_env import pack
+
+    packed = pack(prefix=str(old), path=str(base / "env.tar.zst"))  # as users make it
     plain = base / "plain.tar"
     pack_plain(old, plain)
     manifest = make_manifest(old)
@@ -174,7 +177,7 @@ def packed_venv(tmp_path_factory) -> dict:
     with_manifest = base / "manifest.tar"
     pack_plain(old, with_manifest)
     old.parent.rename(base / "renamed-away")
-    return {"old": old, "plain": plain, "manifest": with_manifest}
+    return {"old": old, "plain": plain, "manifest": with_manifest, "packed": packed}
 
 
 def conda_tree(root: Path, old: str) -> dict[str, bytes]:
@@ -502,11 +505,19 @@ for d, _, names in os.walk(root):
 
 
 @pytest.mark.simnodes
-def test_venv_delivered_to_two_nodes_runs_there(packed_venv, run_nodes):
+@pytest.mark.parametrize("how", ["worker", "by-hand"])
+def test_venv_delivered_to_two_nodes_runs_there(packed_venv, run_nodes, how, tmp_path):
+    """Through the transfer worker (tar-env archive, broadcast, relocation in staging), and by
+    hand (python -m ezpz.relocate's library call on a tree extracted elsewhere)."""
     old = packed_venv["old"]
     assert not old.exists()
     py = "/tmp/env/bin/python"
-    run = run_nodes(2, [sys.executable, "-c", NODE_UNPACK, str(packed_venv["manifest"])],
+    if how == "worker":
+        argv = [sys.executable, "-m", "ezpz.transfer", f"transfer.src={packed_venv['packed']}",
+                "transfer.dst=/tmp/env", f"hydra.run.dir={tmp_path / 'run'}"]
+    else:
+        argv = [sys.executable, "-c", NODE_UNPACK, str(packed_venv["manifest"])]
+    run = run_nodes(2, argv,
                     run_in_node=[[py, "-c", f"import sys, {PKG}; print(sys.prefix)"],
                                  [f"/tmp/env/bin/{PKG}"],
                                  ["/tmp/env/bin/pip", "--version"],
@@ -517,7 +528,8 @@ def test_venv_delivered_to_two_nodes_runs_there(packed_venv, run_nodes):
     assert sorted(n.host for n in run.nodes) == ["node0", "node1"]
     for node in run.nodes:
         assert node.rc == 0, node.output
-        assert node.output.strip().splitlines()[-1] == "source /tmp/env/bin/activate"
+        if how == "by-hand":
+            assert node.output.strip().splitlines()[-1] == "source /tmp/env/bin/activate"
         prefix, script, pip, activate, grep = node.runs
         assert all(r["rc"] == 0 for r in node.runs), node.runs
         assert prefix["stdout"].strip() == "/tmp/env"

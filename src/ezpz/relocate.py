@@ -171,9 +171,11 @@ def relocate(root: str | os.PathLike[str], new_prefix: str | os.PathLike[str] | 
         plan.add_bundled_extras()
     plan.add_links(full_walk=scanned)
     if manifest is not None and (root_p / MANIFEST_RELPATH).is_file():
-        # The manifest now describes the tree where it lives, so relocating again works.
+        # The manifest now describes the tree where it lives, so relocating again works. The
+        # packer's facts about the original tree (paths, mtimes) do not describe this copy.
         moved = dataclasses.replace(manifest, prefix=new,
-                                    bundled_python_prefix=plan.bundled_new if bundled else None)
+                                    bundled_python_prefix=plan.bundled_new if bundled else None,
+                                    source={})
         plan.writes[MANIFEST_RELPATH] = moved.to_json().encode()
     rewritten, links = plan.execute()
 
