@@ -124,8 +124,8 @@ def main() -> None:
     gz = med.get("tar -czf")
     zs = med.get("tar -cf - | zstd -T0")
     print()
-    print(f"| method | median time (s) | archive (MB) | speed-up vs `tar -czf` | "
-          f"time vs `tar \\| zstd -T0` |")
+    print("| method | median time (s) | archive (MB) | speed-up vs `tar -czf` | "
+          "time vs `tar \\| zstd -T0` |")
     print("|---|---:|---:|---:|---:|")
     for name, _fn, _s in methods:
         if name in failed:

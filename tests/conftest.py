@@ -11,6 +11,9 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 import simnodes  # noqa: E402
 
+# The session-scoped throwaway Slurm cluster fixture (tests/slurm_cluster.py).
+pytest_plugins = ("slurm_cluster",)
+
 # Simulated nodes mount a private tmpfs on /tmp: whatever a rank needs (venvs, archives, the
 # test's files) must live elsewhere, so the tests' temporary directories go to /var/tmp.
 if os.path.realpath(os.environ.get("TMPDIR", "/tmp")).startswith("/tmp"):

@@ -265,12 +265,12 @@ def test_venv_plain_tar_detected_and_scanned_into_path_with_space(packed_venv, t
 
 def test_venv_home_left_alone_when_interpreter_exists(packed_venv, tmp_path):
     dst = unpack(packed_venv["plain"], tmp_path / "env")
-    home_before = [l for l in (dst / "pyvenv.cfg").read_text().splitlines() if l.startswith("home")]
+    home_before = [line for line in (dst / "pyvenv.cfg").read_text().splitlines() if line.startswith("home")]
     relocate(dst)
     cfg = (dst / "pyvenv.cfg").read_text().splitlines()
-    assert [l for l in cfg if l.startswith("home")] == home_before
+    assert [line for line in cfg if line.startswith("home")] == home_before
     assert os.path.isdir(home_before[0].split("=", 1)[1].strip())
-    assert any(l.startswith("command") and l.endswith(f" {dst}") for l in cfg)
+    assert any(line.startswith("command") and line.endswith(f" {dst}") for line in cfg)
 
 
 # ---------------------------------------------------------------------------------------------

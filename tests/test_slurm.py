@@ -15,7 +15,7 @@ import pytest
 
 import simnodes
 import slurm_cluster as cluster_mod
-from slurm_cluster import ClusterError, SlurmCluster, slurm_cluster  # noqa: F401  (fixture)
+from slurm_cluster import ClusterError, SlurmCluster
 
 pytestmark = pytest.mark.slurm
 

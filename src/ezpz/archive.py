@@ -26,7 +26,6 @@ import subprocess
 import tarfile
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable, Iterable, Optional
 
 from . import codecs
