@@ -292,3 +292,30 @@ def test_extract_stream_detects_codec(tmp_path):
 def test_unknown_engine(tmp_path):
     with pytest.raises(ArchiveError, match="transfer.extractor"):
         SafeExtractor(str(tmp_path), engine="cpio")
+
+
+def test_extract_file_reads_gzip_members_with_long_header_comments(tmp_path):
+    # tar-env reserves room for the manifest in a gzip member's header comment, which can be
+    # longer than igzip.GzipFile's input buffer (512 KiB); every reader of ezpz must take it.
+    import gzip as gz
+    import struct
+    import zlib
+
+    from ezpz.extract import extract_file
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tf:
+        data = os.urandom(1 << 16)
+        info = tarfile.TarInfo("top/data.bin")
+        info.size = len(data)
+        tf.addfile(info, io.BytesIO(data))
+    tar = buf.getvalue()
+    comp = zlib.compressobj(6, zlib.DEFLATED, -15)
+    body = comp.compress(tar[512:]) + comp.flush()
+    member = (b"\x1f\x8b\x08\x10" + bytes(4) + b"\x00\xff" + b" " * 600_000 + b"\0" + body
+              + struct.pack("<II", zlib.crc32(tar[512:]), len(tar) - 512))
+    path = tmp_path / "long-comment.tar.gz"
+    path.write_bytes(gz.compress(tar[:512]) + member)
+    out = tmp_path / "out"
+    extract_file(str(path), str(out))
+    assert (out / "top" / "data.bin").read_bytes() == data

@@ -38,7 +38,7 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, BinaryIO, Callable, Optional
+from typing import Any, BinaryIO, Callable, Iterator, Optional
 
 from .codecs import DETECT_BYTES, detect
 from .errors import ArchiveError
@@ -175,14 +175,80 @@ def open_decoder(raw: BinaryIO, codec: str) -> BinaryIO:
         return zstandard.ZstdDecompressor().stream_reader(
             raw, read_size=READ_SIZE, read_across_frames=True, closefd=False)
     if codec == "gzip":
-        try:
-            from isal import igzip as gz
-        except ImportError:  # pragma: no cover - isal is optional
-            import gzip as gz  # type: ignore[no-redef]
-        return gz.GzipFile(fileobj=raw, mode="rb")  # type: ignore[return-value]
+        # Not igzip.GzipFile: it refuses gzip headers longer than its input buffer (the
+        # padding member tar-env writes carries a long comment); the streaming decoder
+        # takes any member the format allows.
+        return io.BufferedReader(_BlockStream(gzip_blocks(raw, READ_SIZE)), READ_SIZE)
     if codec == "none":
         return raw
     raise ArchiveError(f"unsupported archive format {codec!r} (expected zstd, gzip or plain tar)")
+
+
+def gzip_blocks(raw: Any, size: int) -> Iterator[bytes]:
+    """Decompressed blocks (<= ``size`` bytes) of a gzip stream of one or more members."""
+    import gzip
+
+    try:
+        from isal import isal_zlib as zmod
+    except ImportError:  # pragma: no cover - isal is optional
+        import zlib as zmod  # type: ignore[no-redef]
+    buf = bytearray(size)
+    view = memoryview(buf)
+    d = zmod.decompressobj(31)
+    started = False  # the current member has consumed input
+    try:
+        while True:
+            n = raw.readinto(buf)
+            if not n:
+                break
+            data: Any = view[:n]
+            while len(data):
+                if not started and data[0] == 0:  # zero padding after a member, as gzip allows
+                    data = bytes(data).lstrip(b"\0")
+                    continue
+                started = True
+                out = d.decompress(data, size)
+                if out:
+                    yield out
+                if d.eof:
+                    data = d.unused_data
+                    d = zmod.decompressobj(31)
+                    started = False
+                else:
+                    data = d.unconsumed_tail
+        if started:
+            while not d.eof:
+                out = d.decompress(b"", size)
+                if not out:
+                    break
+                yield out
+            if not d.eof:
+                raise EOFError("compressed file ended before the end-of-stream marker was "
+                               "reached")
+    except zmod.error as exc:
+        raise gzip.BadGzipFile(str(exc)) from exc
+
+
+class _BlockStream(io.RawIOBase):
+    """A readable raw stream over an iterator of byte blocks."""
+
+    def __init__(self, blocks: Iterator[bytes]) -> None:
+        self._blocks = blocks
+        self._buf = memoryview(b"")
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        while not len(self._buf):
+            block = next(self._blocks, None)
+            if block is None:
+                return 0
+            self._buf = memoryview(block)
+        n = min(len(b), len(self._buf))
+        b[:n] = self._buf[:n]
+        self._buf = self._buf[n:]
+        return n
 
 
 def gzip_decoder_name() -> str:

@@ -524,7 +524,7 @@ class _DecodeAhead:
     """
 
     def __init__(self, raw: Any, codec: str, depth: int = 8) -> None:
-        from .extract import READ_SIZE, open_decoder
+        from .extract import READ_SIZE, gzip_blocks, open_decoder
 
         self._q: "queue.Queue[Any]" = queue.Queue(maxsize=depth)
         self._stop = threading.Event()
@@ -532,7 +532,7 @@ class _DecodeAhead:
         self._pos = 0
         self._eof = False
         if codec == "gzip":
-            self._blocks = _gzip_blocks(raw, READ_SIZE)
+            self._blocks = gzip_blocks(raw, READ_SIZE)
         else:
             self._blocks = _read_blocks(open_decoder(raw, codec), READ_SIZE)
         self._thread = threading.Thread(target=self._run, name="ezpz-decode", daemon=True)
@@ -596,51 +596,6 @@ def _read_blocks(dec: Any, size: int) -> Any:
         if not block:
             return
         yield block
-
-
-def _gzip_blocks(raw: Any, size: int) -> Any:
-    """Decompressed blocks (<= ``size`` bytes) of a gzip stream of one or more members."""
-    import gzip
-
-    try:
-        from isal import isal_zlib as zmod
-    except ImportError:  # pragma: no cover - isal is optional
-        import zlib as zmod  # type: ignore[no-redef]
-    buf = bytearray(size)
-    view = memoryview(buf)
-    d = zmod.decompressobj(31)
-    started = False  # the current member has consumed input
-    try:
-        while True:
-            n = raw.readinto(buf)
-            if not n:
-                break
-            data: Any = view[:n]
-            while len(data):
-                if not started and data[0] == 0:  # zero padding after a member, as gzip allows
-                    data = bytes(data).lstrip(b"\0")
-                    continue
-                started = True
-                out = d.decompress(data, size)
-                if out:
-                    yield out
-                if d.eof:
-                    data = d.unused_data
-                    d = zmod.decompressobj(31)
-                    started = False
-                else:
-                    data = d.unconsumed_tail
-        if started:
-            while not d.eof:
-                out = d.decompress(b"", size)
-                if not out:
-                    break
-                yield out
-            if not d.eof:
-                raise EOFError("compressed file ended before the end-of-stream marker was "
-                               "reached")
-    except zmod.error as exc:
-        raise gzip.BadGzipFile(str(exc)) from exc
 
 
 # --------------------------------------------------------------------------------------
