@@ -324,13 +324,29 @@ def active_filters(machine: MachineConfig, launcher: LauncherConfig) -> list[str
     return out
 
 
-def find_executable(name: str) -> str:
-    """``name`` as given when it is a path or on PATH, else the one next to this interpreter
-    (a venv's ``mpiexec``/``torchrun`` when the venv is not activated), else ``name``."""
+def find_executable(name: str, *, sibling: bool = True) -> str:
+    """``name`` as given when it is a path or on PATH, else (with ``sibling``) the one next to
+    this interpreter (a venv's ``mpiexec``/``torchrun`` when the venv is not activated), else
+    ``name``."""
     if os.sep in name or shutil.which(name):
         return name
-    sibling = Path(sys.executable).parent / name
-    return str(sibling) if sibling.exists() else name
+    candidate = Path(sys.executable).parent / name
+    return str(candidate) if sibling and candidate.exists() else name
+
+
+def system_mpiexec(machine: MachineConfig) -> str:
+    """The mpiexec for ``machine``. On PALS machines (Aurora, Sunspot, Polaris) it must be the
+    system's: the MPICH wheel's mpiexec next to this interpreter is never picked there, and a
+    warning says so when the one on PATH comes from this Python environment."""
+    if machine.mpiexec_flavor != "pals":
+        return find_executable(machine.mpiexec)
+    exe = find_executable(machine.mpiexec, sibling=False)
+    found = shutil.which(exe)
+    if found and Path(found).resolve().is_relative_to(Path(sys.prefix).resolve()):
+        log.warning("%s comes from this Python environment (%s), not the system: on %s use the "
+                    "site's MPI (e.g. module load ...) and do not install ezpz[local] there",
+                    found, sys.prefix, machine.name)
+    return exe
 
 
 def _hostfile_for(hostlist: HostList, hosts: list[str], machine: MachineConfig,
@@ -391,7 +407,7 @@ def plan_launch(machine: MachineConfig, launcher: LauncherConfig, cmd: Sequence[
     # MPICH hydra with every host an alias of this machine: all ranks start here, nothing
     # is reached over ssh (-hosts localhost; hydra places -ppn ranks per "host" in turn).
     local = machine.mpiexec_flavor == "hydra" and all_local(hosts)
-    machine = replace(machine, mpiexec=find_executable(machine.mpiexec))
+    machine = replace(machine, mpiexec=system_mpiexec(machine))
     argv = build_argv(machine, launcher, topo, cmd, hosts=["localhost"] if local else hosts,
                       hostfile=hostfile, cpu_bind=cpu_bind, rdzv_id=default_rdzv_id(env),
                       torchrun=find_executable("torchrun"),
