@@ -83,6 +83,16 @@ HOSTILE = {
     "fifo": ([dict(name="pipe", type=tarfile.FIFOTYPE)], "FIFO"),
     "too-long": ([dict(name="/".join(["d" * 200] * 25), data=b"x")], "PATH_MAX"),
     "long-component": ([dict(name="x" * 300, data=b"x")], "longer than 255 bytes"),
+    # names and link targets over 100 bytes travel in pax headers
+    "pax-dotdot": ([dict(name="a/" + "p" * 120 + "/../../../outside/evil", data=b"x")],
+                   "'..' component"),
+    "symlink-pax-write": ([dict(name="l" * 120, type=tarfile.SYMTYPE,
+                                linkname="OUTSIDE/" + "." * 1 + "/" * 110),
+                           dict(name="l" * 120 + "/victim", data=b"pwned")],
+                          "written through symlink"),
+    "pax-hardlink-abs": ([dict(name="h" * 120, type=tarfile.LNKTYPE,
+                               linkname="OUTSIDE/" + "./" * 60 + "victim")],
+                         "hardlink to absolute path"),
 }
 
 
@@ -319,3 +329,33 @@ def test_extract_file_reads_gzip_members_with_long_header_comments(tmp_path):
     out = tmp_path / "out"
     extract_file(str(path), str(out))
     assert (out / "top" / "data.bin").read_bytes() == data
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("fmt", [tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT, tarfile.PAX_FORMAT])
+def test_mixed_headers_extract_like_tarfile(tmp_path, engine, fmt):
+    """Plain headers (read by the fast path) between long-name, pax and global pax headers."""
+    long = "d/" + "e" * 60 + "/" + "n" * 60  # GNU long name, pax header or ustar prefix
+    members = [dict(name="d", type=tarfile.DIRTYPE, mode=0o755),
+               dict(name="d/a", data=b"a" * 1000),
+               dict(name=long, data=b"long" * 300),
+               dict(name="d/s", type=tarfile.SYMTYPE, linkname="a"),
+               dict(name="d/h", type=tarfile.LNKTYPE, linkname="d/a"),
+               dict(name="d/b", data=b"")]
+    path = build(tmp_path / "m.tar", members, fmt=fmt)
+    if fmt == tarfile.PAX_FORMAT:  # a global header first: every member goes through tarfile
+        with tarfile.open(tmp_path / "g.tar", "w", format=fmt,
+                          pax_headers={"comment": "x"}) as tf, tarfile.open(path) as src:
+            for ti in src:
+                tf.addfile(ti, src.extractfile(ti) if ti.isreg() else None)
+        path = str(tmp_path / "g.tar")
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    rep = extract_file(path, str(dest), engine=engine)
+    assert (rep.files, rep.dirs, rep.symlinks, rep.hardlinks) == (3, 1, 1, 1)
+    assert (dest / long).read_bytes() == b"long" * 300
+    assert (dest / "d/a").read_bytes() == b"a" * 1000
+    assert os.readlink(dest / "d/s") == "a"
+    assert os.stat(dest / "d/h").st_ino == os.stat(dest / "d/a").st_ino
+    assert (dest / "d/b").read_bytes() == b""
+    assert os.stat(dest / "d/a").st_mtime == 1_700_000_000

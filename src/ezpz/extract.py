@@ -37,6 +37,7 @@ import tarfile
 import tempfile
 import threading
 import time
+import zlib
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Callable, Iterator, Optional
 
@@ -295,16 +296,20 @@ class _ForwardReader:
         self._i = 0
         self.delivered += len(data)
         if self._sink is not None:
-            self._held.append(data)
+            self._held.append(memoryview(data))
             self._flush()
         return True
 
-    def _flush(self) -> None:
+    def _flush(self, force: bool = False) -> None:
+        # Checked bytes go on in large writes: once a whole held block is allowed, or at
+        # the end. Slices are views, never copies of the block.
         assert self._sink is not None
         while self._held and self._sent < self._allowed:
             head = self._held[0]
             n = min(len(head), self._allowed - self._sent)
-            self._sink(memoryview(head)[:n])
+            if n < len(head) and not force:
+                return
+            self._sink(head[:n])
             self._sent += n
             if n == len(head):
                 self._held.pop(0)
@@ -315,7 +320,8 @@ class _ForwardReader:
         """Bytes before ``offset`` were checked: pass them on."""
         if offset > self._allowed:
             self._allowed = offset
-            if self._sink is not None:
+            if self._sink is not None and self._held and \
+                    self._allowed - self._sent >= len(self._held[0]):
                 self._flush()
 
     def finish_sink(self) -> None:
@@ -323,7 +329,7 @@ class _ForwardReader:
         self._allowed = 1 << 62
         while self._fill():
             pass
-        self._flush()
+        self._flush(force=True)
 
     # -- file interface for tarfile ----------------------------------------------------
     def tell(self) -> int:
@@ -391,6 +397,12 @@ class _ForwardReader:
 _HEADER = struct.Struct("100s8s8s8s12s12s8s1s100s8s32s32s8s8s155s12s")
 
 
+def _block_sum(buf: bytes) -> int:
+    """``sum(buf)`` of a 512-byte block, from two Adler-32 sums (C speed, exact: the byte sum
+    of 256 bytes, at most 65,280, is below Adler-32's modulus)."""
+    return (zlib.adler32(buf[:256]) & 0xFFFF) + (zlib.adler32(buf[256:]) & 0xFFFF) - 2
+
+
 def _octal(field: bytes) -> int:
     return int(field.split(b"\0", 1)[0].strip() or b"0", 8)
 
@@ -406,10 +418,9 @@ class _TarInfo(tarfile.TarInfo):
 
     @classmethod
     def frombuf(cls, buf, encoding, errors):  # type: ignore[override]
-        if len(buf) != BLOCK or buf[156:157] == tarfile.GNUTYPE_SPARSE or \
-                buf.count(0) == BLOCK:
-            return super().frombuf(buf, encoding, errors)
-        (name, mode, uid, gid, size, mtime, chksum, typ, linkname, _magic, uname, gname,
+        if len(buf) != BLOCK or buf[156:157] == tarfile.GNUTYPE_SPARSE:
+            return super().frombuf(buf, encoding, errors)  # a zero block fails the checksum
+        (name, mode, uid, gid, size, mtime, chksum, typ, linkname, _magic, _uname, _gname,
          devmajor, devminor, prefix, _pad) = _HEADER.unpack(buf)
         dev = typ in (tarfile.CHRTYPE, tarfile.BLKTYPE)  # device numbers: only for devices
         try:
@@ -418,7 +429,7 @@ class _TarInfo(tarfile.TarInfo):
             nums += [_octal(devmajor), _octal(devminor)] if dev else [0, 0]
         except ValueError:  # base-256 numbers, a NUL inside a field: tarfile decides
             return super().frombuf(buf, encoding, errors)
-        if nums[0] != 256 + sum(buf) - sum(chksum):
+        if nums[0] != 256 + _block_sum(buf) - sum(chksum):
             return super().frombuf(buf, encoding, errors)
         obj = cls()
         obj.name = name.split(b"\0", 1)[0].decode(encoding, errors)
@@ -426,8 +437,7 @@ class _TarInfo(tarfile.TarInfo):
             obj.devminor = nums
         obj.type = typ
         obj.linkname = linkname.split(b"\0", 1)[0].decode(encoding, errors)
-        obj.uname = uname.split(b"\0", 1)[0].decode(encoding, errors)
-        obj.gname = gname.split(b"\0", 1)[0].decode(encoding, errors)
+        # uname/gname stay empty: ownership is never restored
         pre = prefix.split(b"\0", 1)[0].decode(encoding, errors)
         if typ == tarfile.AREGTYPE and obj.name.endswith("/"):
             obj.type = tarfile.DIRTYPE
@@ -444,6 +454,98 @@ class _TarInfo(tarfile.TarInfo):
         obj = cls.frombuf(buf, tf.encoding, tf.errors)
         obj.offset = tf.fileobj.tell() - BLOCK
         return obj._proc_member(tf)
+
+
+#: Header types the fast path reads itself: regular files, directories, symlinks, hardlinks.
+_FAST_TYPES = frozenset(b"0\x00521")
+_FAST_TYPE_BYTES = frozenset(bytes([t]) for t in _FAST_TYPES)
+
+
+def _next_member(tf: tarfile.TarFile, reader: _ForwardReader) -> Optional[tarfile.TarInfo]:
+    """The next member, like ``tf.next()``, with less work per plain ustar header.
+
+    A header of a common type (optionally after a pax header holding only ``path`` and
+    ``linkpath``, as long names are stored) that lies whole in the reader's current block is
+    parsed by ``_TarInfo.frombuf`` and the parser's state moved on here, with the same fields
+    as tarfile gives; anything else (other pax keywords, GNU extension headers, global pax
+    headers seen earlier, a bad or zero block, headers across blocks, a short stream) goes to
+    ``tf.next()``, which decides as before. Every member still goes through the checks.
+    """
+    off = tf.offset
+    if tf.firstmember is not None or tf.pax_headers or reader.seek(off) != off:
+        return tf.next()
+    buf = reader._buf
+    i = reader._i
+    if len(buf) - i < BLOCK:
+        return tf.next()
+    pax: Optional[dict[str, str]] = None
+    start = i
+    if buf[i + 156] == 0x78:  # a pax header ('x') with only path/linkpath, read here
+        got = _simple_pax(buf, i, tf)
+        if got is None:
+            return tf.next()
+        pax, start = got
+    if len(buf) - start < BLOCK or buf[start + 156] not in _FAST_TYPES:
+        return tf.next()
+    hdr = bytes(buf[start:start + BLOCK])
+    try:
+        ti = _TarInfo.frombuf(hdr, tf.encoding, tf.errors)
+    except tarfile.HeaderError:
+        return tf.next()
+    if ti.type not in _FAST_TYPE_BYTES:  # pragma: no cover - frombuf keeps the header's type
+        return tf.next()
+    if pax is not None:  # as tarfile's _apply_pax_info for these two keywords
+        if "path" in pax:
+            ti.name = pax["path"].rstrip("/")
+        if "linkpath" in pax:
+            ti.linkname = pax["linkpath"]
+        ti.pax_headers = pax
+    data = off + (start - i) + BLOCK
+    reader._i = start + BLOCK
+    reader.last_header = hdr
+    ti.offset = off
+    ti.offset_data = data
+    tf.offset = data + (ti._block(ti.size) if ti.isreg() else 0)  # type: ignore[attr-defined]
+    return ti
+
+
+def _simple_pax(buf: memoryview, i: int, tf: tarfile.TarFile) -> Optional[tuple[dict[str, str], int]]:
+    """The records of the pax header at ``buf[i]`` and the offset of the header after it, when
+    both lie in ``buf``, the header is valid and holds nothing but ``path`` and ``linkpath``
+    records in strict UTF-8; None otherwise (tarfile then reads it)."""
+    hdr = bytes(buf[i:i + BLOCK])
+    try:
+        xh = _TarInfo.frombuf(hdr, tf.encoding, tf.errors)
+    except tarfile.HeaderError:
+        return None
+    if xh.type != tarfile.XHDTYPE:
+        return None
+    size = xh.size
+    nxt = i + BLOCK + xh._block(size)  # type: ignore[attr-defined]
+    if size <= 0 or len(buf) - nxt < BLOCK:
+        return None
+    data = bytes(buf[i + BLOCK:i + BLOCK + size])
+    out: dict[str, str] = {}
+    pos = 0
+    try:
+        while pos < size:
+            sp = data.index(b" ", pos)
+            digits = data[pos:sp]
+            if not digits.isdigit():
+                return None
+            length = int(digits)
+            end = pos + length
+            if length <= 0 or end > size or data[end - 1] != 0x0A:
+                return None
+            key, eq, value = data[sp + 1:end - 1].partition(b"=")
+            name = key.decode("ascii")
+            if not eq or name not in ("path", "linkpath") or name in out:
+                return None
+            out[name] = value.decode("utf-8")
+            pos = end
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return (out, nxt) if out else None
 
 
 # --------------------------------------------------------------------------------------
@@ -480,6 +582,11 @@ def _err(member: str, why: str) -> ArchiveError:
                         "(only extract archives made by ezpz-tar-env or that you trust)")
 
 
+#: Member types accepted without further type checks (sparse members aside).
+_PLAIN_TYPES = frozenset((tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.CONTTYPE, tarfile.DIRTYPE,
+                          tarfile.SYMTYPE, tarfile.LNKTYPE))
+
+
 class MemberChecker:
     """Validates members in archive order; keeps the symlinks and files seen so far."""
 
@@ -498,15 +605,18 @@ class MemberChecker:
             raise _err(member, "NUL byte in the name")
         if name.startswith("/") or name.startswith("\\"):
             raise _err(member, "absolute path")
-        parts = [p for p in name.split("/") if p not in ("", ".")]
+        parts = name.split("/")
+        if "" in parts or "." in parts:
+            parts = [p for p in parts if p not in ("", ".")]
         if ".." in parts:
             raise _err(member, "'..' component escapes the destination")
         if not parts:
             raise _err(member, "names the destination itself")
-        raw = os.fsencode(name)  # the parts' lengths are bounded by the whole name's
-        if len(raw) > NAME_MAX and any(len(os.fsencode(p)) > NAME_MAX for p in parts):
+        # the parts' lengths are bounded by the whole name's (in bytes; ASCII: one per char)
+        raw_len = len(name) if name.isascii() else len(os.fsencode(name))
+        if raw_len > NAME_MAX and any(len(os.fsencode(p)) > NAME_MAX for p in parts):
             raise _err(member, f"a path component is longer than {NAME_MAX} bytes")
-        if self._dest_len + 1 + len(raw) >= PATH_MAX and \
+        if self._dest_len + 1 + raw_len >= PATH_MAX and \
                 self._dest_len + 1 + len(os.fsencode("/".join(parts))) >= PATH_MAX:
             raise _err(member, f"path longer than PATH_MAX ({PATH_MAX}) under the destination")
         return parts
@@ -551,10 +661,8 @@ class MemberChecker:
             todo = target.split("/") + todo
         return out
 
-    def check(self, ti: tarfile.TarInfo) -> tuple[str, int]:
-        """(relative path, mode to apply) for a member, or ArchiveError naming it."""
-        member = ti.name
-        parts = self._components(ti.name, member)
+    @staticmethod
+    def _check_type(ti: tarfile.TarInfo, member: str) -> None:
         if ti.ischr() or ti.isblk():
             raise _err(member, "device node")
         if ti.isfifo():
@@ -565,6 +673,13 @@ class MemberChecker:
             raise _err(member, f"unsupported member type {ti.type!r}")
         if ti.isreg() and ti.type not in (tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.CONTTYPE):
             raise _err(member, f"unsupported member type {ti.type!r}")
+
+    def check(self, ti: tarfile.TarInfo) -> tuple[str, int]:
+        """(relative path, mode to apply) for a member, or ArchiveError naming it."""
+        member = ti.name
+        parts = self._components(ti.name, member)
+        if ti.type not in _PLAIN_TYPES or ti.sparse is not None:  # type: ignore[attr-defined]
+            self._check_type(ti, member)
         parent = self._resolve(parts[:-1], member)
         rel = "/".join(parent + [parts[-1]])
         if ti.islnk():
@@ -635,15 +750,17 @@ class SafeExtractor:
             raise ArchiveError(f"transfer.extractor: {engine!r} is not an engine "
                                f"(choose {' or '.join(ENGINES)})")
         self.dest = os.path.abspath(dest)
+        self._prefix = self.dest.rstrip("/") + "/"
         self.engine = engine
         self.label = label
         self.checker = MemberChecker(self.dest)
         self.report = ExtractReport(engine=engine)
         self._dirs: list[tuple[str, int, float]] = []
-        self._made: set[str] = {self.dest}
+        self._made: set[str] = {self.dest, self._prefix[:-1]}
         self._member = ""
         self._declared = 0
         self._free = _free_bytes(self.dest)
+        self._umask = _umask()
 
     def _check_space(self, ti: tarfile.TarInfo) -> None:
         """Refuse, before writing it, the member whose declared size no longer fits."""
@@ -659,7 +776,7 @@ class SafeExtractor:
 
     # python engine helpers -----------------------------------------------------------
     def _mkparents(self, path: str) -> None:
-        parent = os.path.dirname(path)
+        parent = path.rpartition("/")[0]
         if parent in self._made:
             return
         os.makedirs(parent, mode=0o700, exist_ok=True)
@@ -678,7 +795,7 @@ class SafeExtractor:
 
     def _write(self, tf: tarfile.TarFile, reader: _ForwardReader, ti: tarfile.TarInfo,
                rel: str, mode: int) -> None:
-        path = os.path.join(self.dest, rel)
+        path = self._prefix + rel  # rel is relative, checked and without empty components
         self._mkparents(path)
         member = ti.name
         if ti.isdir():
@@ -690,18 +807,22 @@ class SafeExtractor:
             self.report.dirs += 1
         elif ti.isreg():
             flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+            # created with its final mode when the umask keeps all of it (no fchmod then)
+            direct = self._umask is not None and not mode & self._umask
+            first = mode if direct else 0o600
             try:  # a fresh path is the rule: clear only when something is there
-                fd = os.open(path, flags, 0o600)
+                fd = os.open(path, flags, first)
             except FileExistsError:
                 self._clear(path, member)
-                fd = os.open(path, flags, 0o600)
+                fd = os.open(path, flags, first)
             try:
                 reader.seek(ti.offset_data)
                 n = reader.copy_to(fd, ti.size)
                 if n != ti.size:
                     raise ArchiveError(f"{self.label}: truncated archive (member {member!r} has "
                                        f"{n} of {ti.size} bytes); re-create or re-copy the archive")
-                os.fchmod(fd, mode)
+                if not direct:
+                    os.fchmod(fd, mode)
                 os.utime(fd, (ti.mtime, ti.mtime))
             finally:
                 os.close(fd)
@@ -751,7 +872,7 @@ class SafeExtractor:
                 tf = tarfile.TarFile(fileobj=reader, mode="r", tarinfo=_TarInfo,  # type: ignore[arg-type]
                                      errorlevel=2)
                 while True:
-                    ti = tf.next()
+                    ti = _next_member(tf, reader)
                     tf.members.clear()  # keep memory flat: members are not needed later
                     if ti is None:
                         break
@@ -846,6 +967,18 @@ def _free_bytes(path: str) -> Optional[int]:
     if not st.f_blocks:  # pseudo filesystems report no size
         return None
     return st.f_bavail * st.f_frsize
+
+
+def _umask() -> Optional[int]:
+    """The process's umask, read without changing it (Linux); None when unknown."""
+    try:
+        with open("/proc/self/status", "rb") as fh:
+            for line in fh:
+                if line.startswith(b"Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def _is_decode_error(exc: OSError) -> bool:
