@@ -22,21 +22,24 @@ _LOCAL_RANK_VARS = ("LOCAL_RANK", "PALS_LOCAL_RANKID", "MPI_LOCALRANKID",
                     "OMPI_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID")
 
 
-def get_world_size(environ: Optional[Mapping[str, str]] = None) -> int:
-    """World size as set by the launcher (1 when not launched)."""
+def _first_int(names: tuple[str, ...], default: int,
+               environ: Optional[Mapping[str, str]]) -> int:
+    """The first of ``names`` set to an integer in the environment, else ``default``."""
     env = os.environ if environ is None else environ
-    for var in _SIZE_VARS:
+    for var in names:
         if env.get(var, "").isdigit():
             return int(env[var])
-    return 1
+    return default
+
+
+def get_world_size(environ: Optional[Mapping[str, str]] = None) -> int:
+    """World size as set by the launcher (1 when not launched)."""
+    return _first_int(_SIZE_VARS, 1, environ)
 
 
 def get_local_rank(environ: Optional[Mapping[str, str]] = None) -> int:
-    env = os.environ if environ is None else environ
-    for var in _LOCAL_RANK_VARS:
-        if env.get(var, "").isdigit():
-            return int(env[var])
-    return 0
+    """Rank within the node as set by the launcher (0 when not launched)."""
+    return _first_int(_LOCAL_RANK_VARS, 0, environ)
 
 
 def default_backend() -> str:
