@@ -177,26 +177,19 @@ def archive_id(path: str, size: int, mtime_ns: int) -> str:
     return h.hexdigest()
 
 
-def _peek_manifest(path: str, codec: str) -> Optional[dict[str, Any]]:
-    """The manifest when the archive's first member is ``<name>/.ezpz/manifest.json``."""
-    import io
-    import tarfile
-
-    from .extract import open_decoder
-    from .manifest import MANIFEST_RELPATH
+def _peek_manifest(path: str) -> Optional[dict[str, Any]]:
+    """What the nodes need from the archive's manifest (kind, total_bytes for the space
+    check), or None when it has none. Only these few facts travel in the plan: the manifest
+    itself (its list of prefix files) can be far larger than a status message."""
+    from .archive import read_manifest
 
     try:
-        with open(path, "rb") as fh:
-            dec = open_decoder(fh, codec)
-            head = dec.read(1 << 16)
-        tf = tarfile.open(fileobj=io.BytesIO(head), mode="r|")
-        ti = tf.next()
-        if ti is None or not ti.isreg() or not ti.name.endswith("/" + MANIFEST_RELPATH):
-            return None
-        data = tf.extractfile(ti).read()  # type: ignore[union-attr]
-        return json.loads(data)
+        man = read_manifest(path)
     except Exception:  # noqa: BLE001 - a manifest is optional; extraction reports real errors
         return None
+    if man is None:
+        return None
+    return {"kind": man.kind, "total_bytes": man.total_bytes}
 
 
 def make_plan(cfg: TransferConfig) -> dict[str, Any]:
@@ -225,7 +218,7 @@ def make_plan(cfg: TransferConfig) -> dict[str, Any]:
                              f"(detected {codec}); pass transfer.decompress=false to copy it "
                              "as a file", "usage": True}
         plan["codec"] = codec
-        plan["manifest"] = _peek_manifest(src, codec)
+        plan["manifest"] = _peek_manifest(src)
     return plan
 
 
