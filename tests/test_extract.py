@@ -359,3 +359,19 @@ def test_mixed_headers_extract_like_tarfile(tmp_path, engine, fmt):
     assert os.stat(dest / "d/h").st_ino == os.stat(dest / "d/a").st_ino
     assert (dest / "d/b").read_bytes() == b""
     assert os.stat(dest / "d/a").st_mtime == 1_700_000_000
+
+
+def test_abort_releases_the_chunk_the_reader_holds():
+    # A failed extraction must hand every buffer back, or a producer waiting for a free
+    # buffer stalls until its timeout and hides the real error.
+    from ezpz.extract import ChunkStream
+
+    released = []
+    stream = ChunkStream(depth=1)
+    stream.put(b"abc", release=lambda: released.append(1))
+    assert stream.read(1) == b"a"  # the reader now holds the first chunk
+    stream.put(b"def", release=lambda: released.append(2))
+    stream.abort()
+    assert sorted(released) == [1, 2]
+    stream.abort()  # idempotent: nothing is released twice
+    assert sorted(released) == [1, 2]

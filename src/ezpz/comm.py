@@ -144,16 +144,17 @@ class Comm:
     # topology -------------------------------------------------------------------------
     def _set_topology(self, hosts: list[str]) -> None:
         self.hosts = hosts
-        order: list[str] = []
-        for h in hosts:
-            if h not in order:
-                order.append(h)
+        first: dict[str, int] = {}  # host -> its first (leader) rank, in order of appearance
+        for r, h in enumerate(hosts):
+            first.setdefault(h, r)
+        order = list(first)
+        me = hosts[self.rank]
         self.node_hosts = order
-        self.node_index = order.index(hosts[self.rank])
-        mine = [r for r, h in enumerate(hosts) if h == hosts[self.rank]]
+        self.node_index = order.index(me)
+        mine = [r for r, h in enumerate(hosts) if h == me]
         self.local_rank = mine.index(self.rank)
         self.local_size = len(mine)
-        self.leader_ranks = [hosts.index(h) for h in order]
+        self.leader_ranks = list(first.values())
 
     @property
     def nnodes(self) -> int:

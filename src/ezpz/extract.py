@@ -81,6 +81,7 @@ class ChunkStream(io.RawIOBase):
         self._release: Optional[Callable[[], None]] = None
         self._eof = False
         self._abort = threading.Event()
+        self._lock = threading.Lock()  # guards _release (consumer and abort() both take it)
 
     # producer side -------------------------------------------------------------------
     def put(self, chunk: Any, release: Optional[Callable[[], None]] = None,
@@ -116,6 +117,15 @@ class ChunkStream(io.RawIOBase):
                 break
             if item is not None and item[1] is not None:
                 item[1]()
+        # and the chunk the consumer holds: a stalled or failed reader must not keep a buffer
+        # the producer waits for
+        self._release_current()
+
+    def _release_current(self) -> None:
+        with self._lock:
+            release, self._release = self._release, None
+        if release is not None:
+            release()
 
     @property
     def aborted(self) -> bool:
@@ -126,9 +136,7 @@ class ChunkStream(io.RawIOBase):
         return True
 
     def _next(self) -> bool:
-        if self._release is not None:
-            self._release()
-            self._release = None
+        self._release_current()
         self._cur = None
         if self._eof:
             return False
@@ -142,13 +150,15 @@ class ChunkStream(io.RawIOBase):
             if item is None:
                 self._eof = True
                 return False
-            self._cur, self._release = item
+            with self._lock:
+                self._cur, self._release = item
             self._pos = 0
+            if self._abort.is_set():  # aborted while this chunk was handed over
+                self._release_current()
+                raise Aborted("transfer aborted")
             if len(self._cur):
                 return True
-            if self._release is not None:
-                self._release()
-                self._release = None
+            self._release_current()
 
     def readinto(self, b: Any) -> int:
         if self._eof:

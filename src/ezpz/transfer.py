@@ -365,9 +365,12 @@ class NodeInstall:
                 old = tree
             else:
                 old = os.path.join(self.parent, f".{self.name}.ezpz-old-{os.getpid()}")
-                self.cleanup_paths.append(old)
                 os.rename(self.dst, old)
-                os.rename(tree, self.dst)
+                try:
+                    os.rename(tree, self.dst)
+                except OSError:
+                    os.rename(old, self.dst)  # put the previous version back
+                    raise
         else:
             os.rename(tree, self.dst)
         if self.file_mode:
