@@ -125,3 +125,23 @@ def test_zstd_frames_carry_a_checksum_so_corruption_on_disk_is_caught(tmp_path):
     bad.write_bytes(bytes(data))
     with pytest.raises(ArchiveError, match=r"bad.tar.zst: corrupt or truncated zstd data .*checksum"):
         extract.extract_file(str(bad), str(tmp_path / "out"))
+
+
+def test_progress_counts_every_byte_written_large_files_included(tmp_path):
+    root = tmp_path / "tree"
+    root.mkdir()
+    (root / "big.bin").write_bytes(os.urandom(archive.CHUNK * 2 + 123))
+    (root / "small.txt").write_text("hello\n")
+    out = io.BytesIO()
+    counted = []
+    tree = archive.walk_tree(str(root), "tree")
+    archive.write_body(archive.Sink(out), tree.entries, None, counted.append)
+    assert sum(counted) == len(out.getvalue())
+
+
+@pytest.mark.parametrize("text", ["[]", '"x"', "3"])
+def test_a_manifest_that_is_not_an_object_is_a_value_error(text):
+    from ezpz.manifest import Manifest
+
+    with pytest.raises(ValueError, match="a manifest is a JSON object"):
+        Manifest.from_json(text)

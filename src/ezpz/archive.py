@@ -490,7 +490,8 @@ def write_body(sink: Sink, entries: Iterable[Entry], prefix: Optional[bytes],
                 raise ArchiveError(f"{e.path}: cannot read ({exc.strerror}); fix its "
                                    "permissions or pass skip_unreadable=true") from exc
             try:
-                found, nul = _copy_file(fd, e.path, size, name, st, buf, sink, prefix, keep)
+                found, nul = _copy_file(fd, e.path, size, name, st, buf, sink, prefix, keep,
+                                        progress)
             finally:
                 os.close(fd)
             if len(buf) >= FLUSH:
@@ -514,7 +515,8 @@ def write_body(sink: Sink, entries: Iterable[Entry], prefix: Optional[bytes],
 
 
 def _copy_file(fd: int, path: str, size: int, name: bytes, st: os.stat_result,
-               buf: bytearray, sink: Sink, prefix: Optional[bytes], keep: int) -> tuple[bool, bool]:
+               buf: bytearray, sink: Sink, prefix: Optional[bytes], keep: int,
+               progress: Callable[[int], None] = lambda n: None) -> tuple[bool, bool]:
     """Append one file's member to ``buf`` (or stream it to ``sink`` when large).
 
     Returns (contains prefix, contains NUL).
@@ -535,6 +537,7 @@ def _copy_file(fd: int, path: str, size: int, name: bytes, st: os.stat_result,
         return found, found and b"\0" in data
     # Large file: flush what is pending, then stream it in chunks.
     buf += header
+    progress(len(buf))
     sink.write(buf)
     del buf[:]
     found = nul = False
@@ -551,6 +554,7 @@ def _copy_file(fd: int, path: str, size: int, name: bytes, st: os.stat_result,
             tail = chunk[-keep:] if keep > 0 else b""
         if not nul:
             nul = b"\0" in chunk
+        progress(len(chunk))
         sink.write(chunk)
     buf += bytes(-size % BLOCK)
     return found, nul
@@ -654,7 +658,9 @@ def _copy_range(src, dst, offset: int, length: int) -> None:
         chunk = os.pread(fd_in, min(length, CHUNK), offset)
         if not chunk:
             raise ArchiveError("archive body ended early while copying it")
-        os.write(fd_out, chunk)
+        view = memoryview(chunk)
+        while view:  # os.write may write less than asked
+            view = view[os.write(fd_out, view):]
         offset += len(chunk)
         length -= len(chunk)
 

@@ -55,6 +55,8 @@ class Manifest:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Manifest":
+        if not isinstance(data, dict):
+            raise ValueError(f"a manifest is a JSON object, not {type(data).__name__}")
         known = {f for f in cls.__dataclass_fields__}  # ignore keys from newer versions
         kwargs = {k: v for k, v in data.items() if k in known}
         kwargs["prefix_files"] = [PrefixFile(**p) if isinstance(p, dict) else PrefixFile(str(p))
