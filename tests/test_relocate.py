@@ -538,3 +538,34 @@ def test_venv_delivered_to_two_nodes_runs_there(packed_venv, run_nodes, how, tmp
         assert activate["stdout"].strip() == "/tmp/env"
         assert grep["stdout"] == ""
         assert not [k for k in node.tmp if k.startswith(".stage/")]
+
+
+def test_cli_unreadable_tree_is_one_line(tmp_path):
+    """Root reads anything: the CLI runs as an unprivileged user (setpriv)."""
+    import shutil
+    import tempfile
+
+    if not shutil.which("setpriv") or os.geteuid() != 0:
+        pytest.skip("needs root and setpriv (util-linux) to run as another user")
+    work = Path(tempfile.mkdtemp(prefix="ezpz-reloc-"))
+    try:
+        work.chmod(0o755)
+        env = work / "env"
+        (env / "bin").mkdir(parents=True)
+        (env / "pyvenv.cfg").write_text(f"home = /usr/bin\ncommand = python -m venv {env}\n")
+        (env / "bin" / "activate").write_text(f'VIRTUAL_ENV="{env}"\n')
+        env.chmod(0o777)
+        (env / "pyvenv.cfg").chmod(0o666)
+        (env / "bin").chmod(0o000)
+        p = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                            sys.executable, "-m", "ezpz.relocate", str(env), "--prefix",
+                            "/opt/newenv"], capture_output=True, text=True, cwd=work)
+        assert p.returncode == 1, p.stderr
+        errors = [line for line in p.stderr.splitlines() if not line.startswith("[")]  # not logs
+        assert errors == [f"error: cannot relocate {env}: {env / 'bin'}: Permission denied"]
+        assert "Traceback" not in p.stderr
+        (env / "bin").chmod(0o755)
+        assert (env / "bin" / "activate").read_text() == f'VIRTUAL_ENV="{env}"\n'
+    finally:
+        (work / "env" / "bin").chmod(0o755)
+        shutil.rmtree(work)

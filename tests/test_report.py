@@ -292,3 +292,20 @@ def test_csv_round_trips(sweep):
     summary = report.summarize(report.collect_runs([str(sweep)]))
     rows = list(csv.DictReader(io.StringIO(report.to_csv(summary))))
     assert rows == report.rows(summary)
+
+
+def test_summary_files_get_the_umask_mode_and_write_errors_are_one_line(tmp_path):
+    import stat as _stat
+
+    from ezpz.errors import EzpzError
+    from ezpz.report import _write_atomic
+
+    old = os.umask(0o022)
+    try:
+        _write_atomic(str(tmp_path / "summary.md"), b"x")
+    finally:
+        os.umask(old)
+    assert _stat.S_IMODE((tmp_path / "summary.md").stat().st_mode) == 0o644
+    with pytest.raises(EzpzError, match=r"cannot write .*missing/summary.md"):
+        _write_atomic(str(tmp_path / "missing" / "summary.md"), b"x")
+    assert not (tmp_path / "missing").exists()

@@ -754,9 +754,12 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         report = relocate(args.path, new_prefix=args.prefix, old_prefix=args.old_prefix)
-    except RelocateError as exc:
+    except (RelocateError, OSError) as exc:
         if os.environ.get("EZPZ_LOG_LEVEL", "").upper() == "DEBUG":
             raise
+        if isinstance(exc, OSError):  # e.g. a directory of the tree this user cannot read
+            exc = RelocateError(f"cannot relocate {args.path}: {exc.filename or ''}: "
+                                f"{exc.strerror or exc}")
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILURE
     if report.kind == "data":

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Optional, Sequence
 
 from .config import format_size, parse_size
-from .errors import ConfigError
+from .errors import ConfigError, EzpzError
 
 RESULTS_FILE = "results.json"
 OVERRIDES_FILE = os.path.join(".hydra", "overrides.yaml")
@@ -478,14 +478,24 @@ def to_markdown(summary: Summary) -> str:
 
 
 def _write_atomic(path: str, data: bytes) -> None:
+    """Write ``path`` through a temporary file and a rename, with the umask's usual mode
+    (not mkstemp's 0600: summaries live in shared sweep directories)."""
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
         os.replace(tmp, path)
+    except OSError as exc:
+        if tmp and os.path.exists(tmp):
+            os.unlink(tmp)
+        raise EzpzError(f"cannot write {path}: {exc.strerror or exc}") from exc
     except BaseException:
-        if os.path.exists(tmp):
+        if tmp and os.path.exists(tmp):
             os.unlink(tmp)
         raise
 
