@@ -204,3 +204,8 @@ def test_user_errors_reach_the_run_log(tmp_path):
     finally:
         ezlog.setup_logging()
     assert "error: node3: no space left on /tmp" in logfile.read_text()
+
+
+@pytest.mark.parametrize("host", ["x1-carbon", "x3550m5", "x4", "xenon"])
+def test_ordinary_hosts_starting_with_x_are_not_alcf_nodes(host):
+    assert detect_machine(host, {}) == "local"

@@ -40,13 +40,15 @@ def test_get_pbs_launch_cmd_every_gpu(aurora_job):
 
 
 def test_get_pbs_launch_cmd_subset(aurora_job, monkeypatch, tmp_path):
+    (tmp_path / "t").mkdir()
     monkeypatch.setenv("TMPDIR", str(tmp_path / "t"))
     monkeypatch.setenv("CPU_BIND", "depth")
     cmd = shlex.split(pbs.get_pbs_launch_cmd(ngpus=6, nhosts=1))
     assert cmd[1:4] == ["--envall", "--np=6", "--ppn=6"]
-    # one of the two hosts: a trimmed node file, never the job's own one
-    assert cmd[4] == f"--hostfile={tmp_path / 't' / 'hostfile'}"
-    assert (tmp_path / "t" / "hostfile").read_text() == AURORA[0] + "\n"
+    # one of the two hosts: a trimmed node file of its own in TMPDIR, never the job's one
+    (written,) = (tmp_path / "t").glob("ezpz-hostfile-*")
+    assert cmd[4] == f"--hostfile={written}"
+    assert written.read_text() == AURORA[0] + "\n"
     assert "--cpu-bind=depth" in cmd
 
 

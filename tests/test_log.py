@@ -68,3 +68,8 @@ def test_get_rank():
     assert ezlog.get_rank({}) == 0
     assert ezlog.resolve_level(environ={"PMI_RANK": "1"}) == logging.CRITICAL
     assert ezlog.resolve_level(environ={}) == logging.INFO
+
+
+def test_torchrun_rank_wins_over_the_launchers_node_index():
+    # torchrun started by mpiexec: PMI_RANK is the node's index, RANK the process's rank
+    assert ezlog.get_rank({"PMI_RANK": "1", "RANK": "5"}) == 5

@@ -265,3 +265,15 @@ def test_finish_without_results_is_a_failure(tmp_path):
     assert _finish(tmp_path, 9, None) == 9
     (tmp_path / "results.json").write_text("{not json")
     assert _finish(tmp_path, 0, None) == 1
+
+
+def test_the_workers_config_is_resolved_once_on_the_launching_host(tmp_path, nodefile, archive):
+    # ${now:...} and ${hydra:...} are decided here; every node reads the same values
+    p = _yeet("machine=local", f"transfer.src={hydra_quote(str(archive))}",
+              "transfer.dst=/tmp/env-${now:%Y}-${hydra:job.name}", "launcher.dry_run=true",
+              cwd=tmp_path, env=_pbs_env(nodefile))
+    assert p.returncode == 0, p.stderr
+    text = (_run_dir(tmp_path) / "ezpz-yeet.yaml").read_text()
+    assert "${" not in text
+    resolved = yaml.safe_load(text)
+    assert resolved["transfer"]["dst"].startswith("/tmp/env-20")

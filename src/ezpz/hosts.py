@@ -42,12 +42,20 @@ def short_hostname(name: str) -> str:
     return short
 
 
+#: Cray EX/XC compute node names: x<cabinet>c<chassis>s<slot>b<board>n<node>.
+_CRAY_NODE = re.compile(r"^x\d{4}c\d+s\d+b\d+n\d+$")
+#: ALCF machines by the first digit of their cabinet number.
+_CRAY_MACHINES = {"4": "aurora", "1": "sunspot", "3": "polaris"}
+
+
 def detect_machine(hostname: str | None = None, environ: dict[str, str] | None = None) -> str:
     """Pick a machine preset from the hostname and the scheduler environment.
 
     Aurora compute nodes are ``x4…``, Sunspot ``x1…`` (and its ``uan…`` login nodes),
     Polaris ``x3…``. On any other host inside a Slurm allocation: ``slurm``. Else ``local``.
-    A PBS job's first host is used when the process runs on a login node.
+    On a login node, PBS's ``PBS_O_HOST`` (the submitting host) is looked at too. Compute
+    nodes are recognised by the Cray node-name pattern (``x4711c1s2b0n0``), so an ordinary
+    host that merely starts with ``x1`` is not taken for an ALCF machine.
     """
     env = os.environ if environ is None else environ
     names = [hostname if hostname is not None else socket.gethostname()]
@@ -56,18 +64,14 @@ def detect_machine(hostname: str | None = None, environ: dict[str, str] | None =
             names.append(env[var])
     for name in names:
         short = short_hostname(name).lower()
-        if short.startswith("x4"):
-            return "aurora"
-        if short.startswith("x1") or short.startswith("uan"):
+        if _CRAY_NODE.match(short) and short[1] in _CRAY_MACHINES:
+            return _CRAY_MACHINES[short[1]]
+        if short.startswith("uan-") or short.startswith("uan0"):
             return "sunspot"
-        if short.startswith("x3"):
-            return "polaris"
-        if "aurora" in name:
-            return "aurora"
-        if "sunspot" in name:
-            return "sunspot"
-        if "polaris" in name:
-            return "polaris"
+        lowered = name.lower()
+        for machine in ("aurora", "sunspot", "polaris"):
+            if machine in lowered:
+                return machine
     if env.get("SLURM_JOB_ID") or env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST"):
         return "slurm"
     return "local"

@@ -19,6 +19,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field, replace
@@ -361,10 +362,19 @@ def _hostfile_for(hostlist: HostList, hosts: list[str], machine: MachineConfig,
         return None  # -hosts (all on this machine) instead of a file
     if hostlist.hostfile is not None and hostlist.lines == hosts:
         return hostlist.hostfile
-    directory = Path(workdir) if workdir else Path(os.environ.get("TMPDIR", "/tmp"))
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / "hostfile"
-    path.write_text("".join(h + "\n" for h in hosts))
+    text = "".join(h + "\n" for h in hosts)
+    try:
+        if workdir:
+            Path(workdir).mkdir(parents=True, exist_ok=True)
+            path = Path(workdir) / "hostfile"
+            path.write_text(text)
+        else:  # no run directory: a private file, never one shared with other jobs
+            fd, name = tempfile.mkstemp(prefix="ezpz-hostfile-", dir=os.environ.get("TMPDIR") or None)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(text)
+            path = Path(name)
+    except OSError as exc:
+        raise LaunchError(f"cannot write the node file for the launch: {exc}") from None
     log.info("wrote %d hosts of %s to %s", len(hosts), hostlist.source, path)
     return str(path)
 

@@ -16,8 +16,10 @@ LOG_LEVEL_ENV = "EZPZ_LOG_LEVEL"
 _LEVELS = {"DEBUG": logging.DEBUG, "INFO": logging.INFO, "WARNING": logging.WARNING,
            "WARN": logging.WARNING, "ERROR": logging.ERROR, "CRITICAL": logging.CRITICAL}
 # Launchers set one of these in each process they start; the first one present wins.
-_RANK_VARS = ("PMI_RANK", "PMIX_RANK", "PALS_RANKID", "OMPI_COMM_WORLD_RANK", "SLURM_PROCID",
-              "RANK")
+# torchrun's RANK first: under torchrun started by mpiexec/srun, PMI_RANK/SLURM_PROCID is the
+# node's index, RANK the process's own rank.
+_RANK_VARS = ("RANK", "PMI_RANK", "PMIX_RANK", "PALS_RANKID", "OMPI_COMM_WORLD_RANK",
+              "SLURM_PROCID")
 _HANDLER_NAME = "ezpz"
 
 

@@ -802,11 +802,17 @@ class Transfer:
         # 3. the stream
         digest = ""
         if streaming:
-            if action == "go":
-                self.consumer = Consumer(self.node, plan["codec"], cfg.extractor, cfg.depth)  # type: ignore[arg-type]
-                self.consumer.start()
+            active = action == "go"
+            if active:
+                try:
+                    self.consumer = Consumer(self.node, plan["codec"], cfg.extractor, cfg.depth)  # type: ignore[arg-type]
+                except OSError as exc:  # e.g. the kept archive copy cannot be created
+                    my.status, my.error = "failed", _one_line(exc)
+                    active = False  # still take part in the broadcast, write nothing
+                else:
+                    self.consumer.start()
             digest, err = (self._stream_root if comm.is_root else self._stream_leader)(
-                comm, plan, chunk, action == "go")
+                comm, plan, chunk, active)
             if err and my.status != "failed":
                 my.status, my.error = "failed", err
             if self.consumer is not None:

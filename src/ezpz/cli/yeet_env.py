@@ -204,7 +204,8 @@ def task(cfg: Any) -> int:
         if resolved.launcher.hostfile:
             resolved.launcher.hostfile = os.path.abspath(resolved.launcher.hostfile)
     run_dir.mkdir(parents=True, exist_ok=True)
-    config_file.write_text(OmegaConf.to_yaml(resolved))
+    # resolve=True: ${now:...} or ${hydra:...} are decided once here, not again on every node
+    config_file.write_text(OmegaConf.to_yaml(resolved, resolve=True))
     log.info("transfer of %s with backend=%s to %d nodes; resolved config: %s", archive,
              backend, plan.topology.nhosts, config_file)
     rc = run_plan(plan, dry_run=launcher.dry_run)
@@ -254,7 +255,10 @@ def preflight(args: Sequence[str]) -> None:
     if any(f in _INFO_FLAGS for f in split.flags):
         return  # help, printing the config and sweeps are checked by standard_main
     overrides, _ = resolve_machine(split.overrides)
-    settings: YeetConfig = to_settings(validate_overrides("yeet", overrides, False))
+    composed = validate_overrides("yeet", overrides, False)
+    if composed is None:
+        return  # ${hydra:...} in an override: only a Hydra run can check it
+    settings: YeetConfig = to_settings(composed)
     resolve_backend(settings.launcher.name, settings.transfer.backend)
     archive, _ = check_src(settings.transfer.src)
     from ..transfer import check_user_paths
