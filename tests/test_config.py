@@ -78,6 +78,10 @@ def test_tar_env_config_composes():
     ("transfer.depth=x", "transfer.depth: Value 'x' of type 'str' could not be converted to Integer"),
     ("transfer.backend=xyz", "transfer.backend: 'xyz' is not a backend (choose auto, mpi or torch)"),
     ("transfer.overwrite=maybe", "transfer.overwrite: Value 'maybe' is not a valid bool (type str)"),
+    ("machine.mpiexec_flavor=openmpi", "machine.mpiexec_flavor: 'openmpi' is not a flavour "
+     "(choose pals for Cray PALS or hydra for MPICH)"),
+    ("machine.node_starter=ssh", "machine.node_starter: 'ssh' is not supported (choose mpiexec or srun)"),
+    ("machine.gpus_per_node=-1", "machine.gpus_per_node: must be 0 or more, got -1"),
 ])
 def test_schema_errors_are_one_clear_line(override, message):
     with pytest.raises(ConfigError) as info:

@@ -18,7 +18,7 @@ import pytest
 
 from ezpz.cli.common import compose, to_settings
 from ezpz.config import LauncherConfig, MachineConfig
-from ezpz.errors import LaunchError
+from ezpz.errors import ConfigError, LaunchError
 from ezpz.hosts import HostList
 from ezpz.launch import (Topology, build_argv, plan_launch, resolve_cpu_bind, resolve_topology,
                          torchrun_argv)
@@ -127,14 +127,13 @@ def test_hydra_without_hostfile_uses_hosts():
 
 
 @pytest.mark.parametrize("bad, message", [
-    (dict(mpiexec_flavor="openmpi"), "machine.mpiexec_flavor: 'openmpi' is not a flavor"),
+    (dict(mpiexec_flavor="openmpi"), "machine.mpiexec_flavor: 'openmpi' is not a flavour"),
     (dict(node_starter="ssh"), "machine.node_starter: 'ssh' is not supported"),
 ])
-def test_builder_rejects_bad_machine_values(bad, message):
-    m = MachineConfig(**bad)
-    lch = LauncherConfig(name="torchrun" if "node_starter" in bad else "mpiexec")
-    with pytest.raises(LaunchError, match=message):
-        build_argv(m, lch, Topology(1, 1, 1, 0), ["x"], hosts=["h"], hostfile="/h")
+def test_bad_machine_values_are_refused_by_the_schema(bad, message):
+    # checked when the config is converted, before any run directory or command exists
+    with pytest.raises(ConfigError, match=message):
+        MachineConfig(**bad)
 
 
 def test_pals_needs_a_hostfile_and_command_must_not_be_empty():

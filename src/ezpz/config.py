@@ -92,6 +92,16 @@ class MachineConfig:
     #: Import mpi4py before torch (needed on Polaris).
     import_mpi4py_first: bool = False
 
+    def __post_init__(self) -> None:
+        if self.mpiexec_flavor not in ("pals", "hydra"):
+            raise ConfigError(f"machine.mpiexec_flavor: {self.mpiexec_flavor!r} is not a flavour "
+                              "(choose pals for Cray PALS or hydra for MPICH)")
+        if self.node_starter not in ("mpiexec", "srun"):
+            raise ConfigError(f"machine.node_starter: {self.node_starter!r} is not supported "
+                              "(choose mpiexec or srun)")
+        if self.gpus_per_node is not None and self.gpus_per_node < 0:
+            raise ConfigError(f"machine.gpus_per_node: must be 0 or more, got {self.gpus_per_node}")
+
 
 @dataclass
 class LauncherConfig:
