@@ -127,10 +127,6 @@ class ChunkStream(io.RawIOBase):
         if release is not None:
             release()
 
-    @property
-    def aborted(self) -> bool:
-        return self._abort.is_set()
-
     # consumer side -------------------------------------------------------------------
     def readable(self) -> bool:
         return True
@@ -260,14 +256,6 @@ class _BlockStream(io.RawIOBase):
         b[:n] = self._buf[:n]
         self._buf = self._buf[n:]
         return n
-
-
-def gzip_decoder_name() -> str:
-    try:
-        import isal  # noqa: F401
-        return "isal"
-    except ImportError:  # pragma: no cover
-        return "zlib"
 
 
 # --------------------------------------------------------------------------------------

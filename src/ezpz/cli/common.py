@@ -18,14 +18,12 @@ from importlib import resources
 from typing import Any, Callable, Sequence
 
 from .. import log as ezlog
-from ..errors import EXIT_FAILURE, EXIT_USAGE, ConfigError, EzpzError
+from ..errors import EXIT_USAGE, ConfigError, EzpzError
 from ..hosts import detect_machine
 
 CONFIG_MODULE = "ezpz.conf"
 _HYDRA_VALUE_FLAGS = {"--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd",
                       "--info", "-i", "--experimental-rerun"}
-_HYDRA_BOOL_FLAGS = {"--multirun", "-m", "--cfg", "-c", "--resolve", "--package", "-p",
-                     "--run", "-r", "--hydra-help", "--version", "--shell-completion", "-sc"}
 
 
 @dataclass
@@ -327,11 +325,3 @@ def standard_main(*, prog: str, description: str, config_name: str, groups: Sequ
     if detected is not None and "--cfg" not in split.flags and "-c" not in split.flags:
         ezlog.get_logger("ezpz.cli").info("machine=auto resolved to %s", detected)
     return run_hydra(config_name, guard(task), split.flags + overrides, prog)
-
-
-def exit_code_for(exc: BaseException) -> int:
-    return getattr(exc, "exit_code", EXIT_FAILURE)
-
-
-def env_flag(name: str) -> bool:
-    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
