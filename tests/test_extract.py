@@ -16,7 +16,18 @@ import zstandard
 from ezpz.errors import ArchiveError
 from ezpz.extract import ChunkStream, SafeExtractor, extract_file, extract_stream, open_decoder
 
-ENGINES = ["python", "tar"]
+#: "python-no-c" is the python engine with the C helper for plain members turned off.
+ENGINES = ["python", "python-no-c", "tar"]
+
+
+@pytest.fixture(params=ENGINES)
+def engine(request, monkeypatch) -> str:
+    """Every test that takes ``engine`` runs with each engine (and the python engine both with
+    and without its C helper)."""
+    if request.param == "python-no-c":
+        monkeypatch.setenv("EZPZ_EXTRACT_C", "0")
+        return "python"
+    return request.param
 
 
 def _add(tf: tarfile.TarFile, name: str, *, data: bytes | None = None, type=tarfile.REGTYPE,
@@ -78,6 +89,8 @@ HOSTILE = {
                              "written through symlink 's'"),
     "hardlink-missing": ([dict(name="h", type=tarfile.LNKTYPE, linkname="nothere")],
                          "not a file extracted earlier"),
+    "symlink-names-destination": ([dict(name=".", type=tarfile.SYMTYPE, linkname="OUTSIDE")],
+                                  "names the destination itself"),
     "chardev": ([dict(name="null", type=tarfile.CHRTYPE)], "device node"),
     "blockdev": ([dict(name="sda", type=tarfile.BLKTYPE)], "device node"),
     "fifo": ([dict(name="pipe", type=tarfile.FIFOTYPE)], "FIFO"),
@@ -96,7 +109,6 @@ HOSTILE = {
 }
 
 
-@pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("case", sorted(HOSTILE))
 def test_hostile_member_refused(area, case, engine):
     tmp, dest, outside = area
@@ -119,7 +131,6 @@ def test_hostile_member_refused(area, case, engine):
     assert not os.path.exists("/abs/evil")
 
 
-@pytest.mark.parametrize("engine", ENGINES)
 def test_setuid_setgid_dropped_and_modes_kept(tmp_path, engine):
     path = build(tmp_path / "a.tar", [
         dict(name="env/bin", type=tarfile.DIRTYPE, mode=0o755),
@@ -140,7 +151,6 @@ def test_setuid_setgid_dropped_and_modes_kept(tmp_path, engine):
     assert rep.top == "env"
 
 
-@pytest.mark.parametrize("engine", ENGINES)
 def test_legitimate_links_are_created(tmp_path, engine):
     path = build(tmp_path / "env.tar", [
         dict(name="env", type=tarfile.DIRTYPE, mode=0o755),
@@ -193,7 +203,6 @@ def _venv_archive(tmp_path, codec: str) -> tuple[str, str]:
     return str(env), str(out)
 
 
-@pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("codec", ["zstd", "gzip", "none"])
 def test_real_venv_roundtrip(tmp_path, codec, engine):
     env, path = _venv_archive(tmp_path, codec)
@@ -206,7 +215,6 @@ def test_real_venv_roundtrip(tmp_path, codec, engine):
     assert p.returncode == 0, p.stdout + p.stderr
 
 
-@pytest.mark.parametrize("engine", ENGINES)
 def test_truncated_and_corrupt_archives(tmp_path, engine):
     _env, path = _venv_archive(tmp_path, "zstd")
     data = open(path, "rb").read()
@@ -331,7 +339,6 @@ def test_extract_file_reads_gzip_members_with_long_header_comments(tmp_path):
     assert (out / "top" / "data.bin").read_bytes() == data
 
 
-@pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("fmt", [tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT, tarfile.PAX_FORMAT])
 def test_mixed_headers_extract_like_tarfile(tmp_path, engine, fmt):
     """Plain headers (read by the fast path) between long-name, pax and global pax headers."""
@@ -375,3 +382,133 @@ def test_abort_releases_the_chunk_the_reader_holds():
     assert sorted(released) == [1, 2]
     stream.abort()  # idempotent: nothing is released twice
     assert sorted(released) == [1, 2]
+
+
+def _tree(root) -> dict:
+    """Every entry under ``root``: type, mode, mtime and content or link target."""
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            p = os.path.join(dirpath, name)
+            st = os.lstat(p)
+            rel = os.path.relpath(p, root)
+            if stat.S_ISLNK(st.st_mode):
+                out[rel] = ("link", os.readlink(p))
+            elif stat.S_ISDIR(st.st_mode):
+                out[rel] = ("dir", stat.S_IMODE(st.st_mode), st.st_mtime)
+            else:
+                out[rel] = ("file", stat.S_IMODE(st.st_mode), st.st_mtime, st.st_nlink,
+                            open(p, "rb").read())
+    return out
+
+
+def _tricky_members() -> list[dict]:
+    """Members the C helper writes, interleaved with every kind it must leave to Python."""
+    rnd = bytes(range(256)) * (3 * 4096 + 7)  # ~3 MiB: spans the decoder's 1 MiB blocks
+    members = [dict(name="env", type=tarfile.DIRTYPE, mode=0o755),
+               dict(name="env/d", type=tarfile.DIRTYPE, mode=0o750),
+               dict(name="env/d/big.bin", data=rnd, mode=0o644)]
+    # many small files, so headers and data straddle block boundaries at many offsets
+    members += [dict(name=f"env/d/f{i:04d}", data=bytes([i % 251]) * (i * 37 % 1500),
+                     mode=(0o644, 0o755, 0o600, 0o444, 0o777)[i % 5]) for i in range(1500)]
+    members += [
+        dict(name="env/d/" + "l" * 60, type=tarfile.DIRTYPE, mode=0o755),
+        dict(name="env/d/" + "l" * 60 + "/" + "n" * 60, data=b"long name"),  # pax/GNU/prefix
+        dict(name="env/d/dup", data=b"first"),
+        dict(name="env/d/dup", data=b"second wins"),                      # exists: Python
+        dict(name="env/d", type=tarfile.DIRTYPE, mode=0o700),              # again: Python
+        dict(name="env/s", type=tarfile.SYMTYPE, linkname="d"),
+        dict(name="env/s/through-link", data=b"resolved by Python"),       # parent is a link
+        dict(name="env/s", data=b"a file replaces the link"),              # was a link
+        dict(name="env/suid", data=b"#!/bin/sh\n", mode=0o4755),           # special bits
+        dict(name="env/implicit/x", data=b"parent never declared"),        # parent not made
+        dict(name="env/areg", data=b"old-style type", type=tarfile.AREGTYPE),
+        dict(name="env/late/f", data=b"before its directory"),
+        dict(name="env/late", type=tarfile.DIRTYPE, mode=0o711),
+        dict(name="env/h", type=tarfile.LNKTYPE, linkname="env/d/f0001"),
+        dict(name="env/d/after-link", data=b"plain again", mode=0o640),
+    ]
+    return members
+
+
+@pytest.mark.parametrize("fmt", [tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT, tarfile.PAX_FORMAT])
+@pytest.mark.parametrize("codec", ["none", "zstd"])
+def test_c_helper_writes_the_same_tree_as_python(tmp_path, monkeypatch, fmt, codec):
+    pytest.importorskip("ezpz._fastx", reason="the C helper was not built")
+    path = build(tmp_path / "t.tar", _tricky_members(), fmt=fmt)
+    if codec == "zstd":
+        zst = tmp_path / "t.tar.zst"
+        zst.write_bytes(zstandard.ZstdCompressor().compress(open(path, "rb").read()))
+        path = str(zst)
+    trees, reports = [], []
+    for flag in ("1", "0"):
+        monkeypatch.setenv("EZPZ_EXTRACT_C", flag)
+        dest = tmp_path / f"out{flag}"
+        dest.mkdir()
+        reports.append(extract_file(path, str(dest)))
+        trees.append(_tree(dest))
+    with_c, without = reports
+    assert with_c.fast_members > 1000, "the C helper must take the plain members"
+    assert without.fast_members == 0
+    for field in ("members", "files", "dirs", "symlinks", "hardlinks", "bytes", "tar_bytes",
+                  "top", "dropped_bits"):
+        assert getattr(with_c, field) == getattr(without, field), field
+    for t in trees:  # made on the way, not by a member: its mtime is the time of extraction
+        t["env/implicit"] = t["env/implicit"][:2]
+    assert trees[0] == trees[1]
+    t = trees[0]
+    assert t["env/d/dup"][4] == b"second wins"
+    assert t["env/s"][0] == "file" and t["env/d/through-link"][4] == b"resolved by Python"
+    assert t["env/suid"][1] == 0o755
+    assert t["env/d/f0004"][1] == 0o777 and t["env/d/f0003"][1] == 0o444
+    assert t["env/d"][1] == 0o700 and t["env/late"][1] == 0o711
+    assert t["env/h"][3] == 2
+
+
+def test_c_helper_is_built_by_the_install():
+    # The project's install compiles it (pyproject ext-modules); a silent build failure would
+    # leave extraction on the slower Python path.
+    import ezpz._fastx  # noqa: F401
+
+
+def test_c_helper_stops_at_unsafe_members(tmp_path):
+    """Plain members first, then a hostile one: the helper writes the plain ones and hands
+    the hostile one to the checks, which refuse it."""
+    pytest.importorskip("ezpz._fastx", reason="the C helper was not built")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    members = [dict(name="env", type=tarfile.DIRTYPE, mode=0o755),
+               dict(name="env/ok", data=b"fine"),
+               dict(name="env/link", type=tarfile.SYMTYPE, linkname=str(outside)),
+               dict(name="env/link/evil", data=b"pwned")]
+    path = build(tmp_path / "h.tar", members)
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    ex = SafeExtractor(str(dest), label=path)
+    with open(path, "rb") as fh, pytest.raises(ArchiveError, match="written through symlink"):
+        ex.run(fh)
+    assert ex.report.fast_members == 1 and (dest / "env/ok").read_bytes() == b"fine"
+    assert os.listdir(outside) == []
+
+
+def test_archive_of_a_directory_s_contents(tmp_path, engine):
+    """`tar -C env -cf env.tar .` stores "./" first and every name below it as "./...": the
+    entries land in the destination, which takes the mode of "./"; no single top is taken."""
+    env = tmp_path / "env"
+    (env / "bin").mkdir(parents=True)
+    (env / "bin" / "tool").write_text("#!/bin/sh\n")
+    (env / "bin" / "tool").chmod(0o755)
+    (env / "pyvenv.cfg").write_text("home = /usr/bin\n")
+    env.chmod(0o750)
+    path = tmp_path / "env.tar"
+    subprocess.run(["tar", "-C", str(env), "-cf", str(path), "."], check=True)
+    assert tarfile.open(path).getnames()[0] == "."
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    rep = extract_file(str(path), str(dest), engine=engine)
+    assert rep.top is None
+    assert (dest / "bin" / "tool").read_text() == "#!/bin/sh\n"
+    assert stat.S_IMODE(os.stat(dest / "bin" / "tool").st_mode) == 0o755
+    assert (dest / "pyvenv.cfg").exists()
+    if engine == "python":  # GNU tar is run with --no-overwrite-dir
+        assert stat.S_IMODE(os.stat(dest).st_mode) == 0o750

@@ -22,6 +22,12 @@ The error (:class:`ArchiveError`) names the member. Two engines write the checke
 ``python`` (files written here, GIL released during writes and decompression) and ``tar``
 (the checked bytes piped into GNU tar, which writes). Header bytes reach GNU tar only after
 the member they describe passed the checks.
+
+In the ``python`` engine the plainest members (regular files and directories with a plain
+ustar header, a clean ASCII name under a directory this extraction made, no special bits)
+are written by the C helper ``ezpz._fastx`` when it was built; every other member, and any
+member the helper does not finish, goes through the checks and writes below. Set
+``EZPZ_EXTRACT_C=0`` to use the Python path alone.
 """
 
 from __future__ import annotations
@@ -55,6 +61,17 @@ PATH_MAX = 4096
 NAME_MAX = 255
 _ZERO_BLOCK = bytes(BLOCK)
 _DROP_BITS = stat.S_ISUID | stat.S_ISGID
+
+
+def _load_fast() -> Any:
+    """The C helper for plain members, or None (not built, or ``EZPZ_EXTRACT_C=0``)."""
+    if os.environ.get("EZPZ_EXTRACT_C", "1").strip().lower() in ("0", "false", "no", "off"):
+        return None
+    try:
+        from . import _fastx
+    except ImportError:
+        return None
+    return _fastx
 
 
 # --------------------------------------------------------------------------------------
@@ -566,6 +583,8 @@ class ExtractReport:
     dropped_bits: int = 0
     seconds: float = 0.0
     engine: str = "python"
+    #: Members written by the C helper (``ezpz._fastx``); the rest went through Python.
+    fast_members: int = 0
 
 
 def _show(member: str) -> str:
@@ -594,9 +613,10 @@ class MemberChecker:
         self._resolved: dict[str, list[str]] = {}  # parent dir -> resolved; reset with symlinks
         self.files: set[str] = set()
         self.tops: dict[str, bool] = {}  # top-level name -> is a directory
+        self.has_root = False  # a "./" member: the archive holds the contents of one directory
         self._dest_len = len(os.fsencode(os.path.abspath(dest)))
 
-    def _components(self, name: str, member: str) -> list[str]:
+    def _components(self, name: str, member: str, root_ok: bool = False) -> list[str]:
         if not name:
             raise _err(member, "empty name")
         if "\x00" in name:
@@ -609,6 +629,8 @@ class MemberChecker:
         if ".." in parts:
             raise _err(member, "'..' component escapes the destination")
         if not parts:
+            if root_ok:  # "./", as `tar -C env -cf env.tar .` stores the top directory
+                return parts
             raise _err(member, "names the destination itself")
         # the parts' lengths are bounded by the whole name's (in bytes; ASCII: one per char)
         raw_len = len(name) if name.isascii() else len(os.fsencode(name))
@@ -675,7 +697,10 @@ class MemberChecker:
     def check(self, ti: tarfile.TarInfo) -> tuple[str, int]:
         """(relative path, mode to apply) for a member, or ArchiveError naming it."""
         member = ti.name
-        parts = self._components(ti.name, member)
+        parts = self._components(ti.name, member, root_ok=ti.type == tarfile.DIRTYPE)
+        if not parts:  # the destination directory itself: it takes the member's mode and mtime
+            self.has_root = True  # and the archive's entries are its contents
+            return "", ti.mode & 0o7777 & ~_DROP_BITS
         if ti.type not in _PLAIN_TYPES or ti.sparse is not None:  # type: ignore[attr-defined]
             self._check_type(ti, member)
         parent = self._resolve(parts[:-1], member)
@@ -708,7 +733,7 @@ class MemberChecker:
         return rel, mode & ~_DROP_BITS
 
     def single_top(self) -> Optional[str]:
-        if len(self.tops) == 1:
+        if len(self.tops) == 1 and not self.has_root:
             (name, is_dir), = self.tops.items()
             if is_dir:
                 return name
@@ -759,6 +784,8 @@ class SafeExtractor:
         self._declared = 0
         self._free = _free_bytes(self.dest)
         self._umask = _umask()
+        self._fast = _load_fast() if engine == "python" else None
+        self._prefix_b = os.fsencode(self._prefix)
 
     def _check_space(self, ti: tarfile.TarInfo) -> None:
         """Refuse, before writing it, the member whose declared size no longer fits."""
@@ -839,6 +866,32 @@ class SafeExtractor:
             os.link(os.path.join(self.dest, ti.linkname), path, follow_symlinks=False)
             self.report.hardlinks += 1
 
+    def _fast_members(self, tf: tarfile.TarFile, reader: _ForwardReader) -> None:
+        """Let the C helper write the plain members that follow in the reader's block."""
+        off = tf.offset
+        if tf.firstmember is not None or tf.pax_headers or reader.seek(off) != off:
+            return
+        i = reader._i
+        if len(reader._buf) - i < BLOCK:
+            return
+        budget = -1 if self._free is None else max(0, self._free - self._declared)
+        c = self.checker
+        pos, last, members, files, dirs, nbytes, declared = self._fast.run(
+            reader._buf, i, self._prefix_b, self._made, self._dirs, c.files, c.symlinks,
+            c.tops, -1 if self._umask is None else self._umask, budget)
+        if not members:
+            return
+        reader._i = pos
+        reader.last_header = bytes(reader._buf[last:last + BLOCK])
+        tf.offset = off + (pos - i)
+        r = self.report
+        r.members += members
+        r.fast_members += members
+        r.files += files
+        r.dirs += dirs
+        r.bytes += nbytes
+        self._declared += declared
+
     def _finish_dirs(self) -> None:
         for path, mode, mtime in sorted(self._dirs, key=lambda d: d[0], reverse=True):
             os.chmod(path, mode)
@@ -869,7 +922,10 @@ class SafeExtractor:
             try:
                 tf = tarfile.TarFile(fileobj=reader, mode="r", tarinfo=_TarInfo,  # type: ignore[arg-type]
                                      errorlevel=2)
+                fast = self._fast is not None and proc is None
                 while True:
+                    if fast:
+                        self._fast_members(tf, reader)
                     ti = _next_member(tf, reader)
                     tf.members.clear()  # keep memory flat: members are not needed later
                     if ti is None:
