@@ -213,3 +213,19 @@ def test_user_errors_reach_the_run_log(tmp_path):
 @pytest.mark.parametrize("host", ["x1-carbon", "x3550m5", "x4", "xenon"])
 def test_ordinary_hosts_starting_with_x_are_not_alcf_nodes(host):
     assert detect_machine(host, {}) == "local"
+
+
+def test_worker_help_loads_no_heavy_module(tmp_path):
+    """``python -m ezpz.transfer --help`` is the worker's start-up figure: it lists the groups
+    without loading torch, Hydra, OmegaConf or MPI."""
+    code = ("import runpy, sys; sys.argv = ['ezpz.transfer', '--help']\n"
+            "try:\n    runpy.run_module('ezpz.transfer', run_name='__main__')\n"
+            "except SystemExit as e:\n    assert not e.code, e.code\n"
+            "heavy = sorted({m.split('.')[0] for m in sys.modules} & "
+            "{'torch', 'hydra', 'omegaconf', 'mpi4py'})\n"
+            "print('HEAVY', heavy)")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert "launcher: mpiexec, srun, torchrun" in p.stdout
+    assert "--cfg job" in p.stdout
+    assert p.stdout.strip().splitlines()[-1] == "HEAVY []"

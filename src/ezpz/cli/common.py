@@ -212,9 +212,7 @@ def with_repeat_sweep(overrides: list[str], cfg: Any) -> list[str]:
 
 
 def print_help(prog: str, description: str, config_name: str, groups: Sequence[str],
-               overrides: list[str], examples: Sequence[str]) -> None:
-    from omegaconf import OmegaConf
-
+               overrides: list[str], examples: Sequence[str], show_config: bool = True) -> None:
     lines = [f"{prog}: {description}", "",
              f"usage: {prog} [--cfg job] [-m] [key=value ...]", "",
              "Config groups (choose with group=option):"]
@@ -222,8 +220,13 @@ def print_help(prog: str, description: str, config_name: str, groups: Sequence[s
         default = " (default: auto = detected from the hostname and scheduler)" if group == "machine" else ""
         lines.append(f"  {group}: {', '.join(config_options(group))}{default}")
     lines += ["", "Examples:"] + [f"  {e}" for e in examples]
-    lines += ["", "Hydra flags: --cfg job (print the composed config), -m (sweep), --hydra-help",
-              "", "Composed config (with the given overrides):", ""]
+    lines += ["", "Hydra flags: --cfg job (print the composed config), -m (sweep), --hydra-help"]
+    if not show_config:  # composing loads Hydra: --cfg job shows it
+        print("\n".join(lines))
+        return
+    from omegaconf import OmegaConf
+
+    lines += ["", "Composed config (with the given overrides):", ""]
     try:
         cfg = compose(config_name, overrides)
         lines.append(OmegaConf.to_yaml(cfg))
@@ -299,8 +302,10 @@ def run_hydra(config_name: str, task: Callable[[Any], int | None], argv: list[st
 
 def standard_main(*, prog: str, description: str, config_name: str, groups: Sequence[str],
                   task: Callable[[Any], int | None], argv: Sequence[str] | None,
-                  examples: Sequence[str] = (), detect: bool = True) -> int:
-    """The shared shape of every ezpz CLI."""
+                  examples: Sequence[str] = (), detect: bool = True,
+                  config_in_help: bool = True) -> int:
+    """The shared shape of every ezpz CLI (``config_in_help``: --help also prints the
+    composed config)."""
     args = list(sys.argv[1:] if argv is None else argv)
     split = split_argv(args)
     overrides = split.overrides
@@ -309,7 +314,7 @@ def standard_main(*, prog: str, description: str, config_name: str, groups: Sequ
         overrides, detected = resolve_machine(overrides)
     if any(f in ("--help", "-h") for f in split.flags):
         print_help(prog, description, config_name, groups,
-                   [o for o in overrides if "," not in o], examples)
+                   [o for o in overrides if "," not in o], examples, config_in_help)
         return 0
     if "--hydra-help" in split.flags or "--version" in split.flags or "-sc" in split.flags \
             or "--shell-completion" in split.flags:

@@ -91,7 +91,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     return standard_main(prog="python -m ezpz.transfer", description=DESCRIPTION,
                          config_name="yeet", groups=("machine", "launcher", "transfer"),
-                         task=_hydra_task, argv=args, examples=EXAMPLES)
+                         task=_hydra_task, argv=args, examples=EXAMPLES,
+                         config_in_help=False)  # start-up stays light; --cfg job shows it
 
 
 if __name__ == "__main__":
