@@ -117,7 +117,8 @@ def run_floor(n: int, codec: str, path: Path) -> tuple[float, float]:
 
 
 def run_ezpz(n: int, path: Path, chunk: str, engine: str = "python",
-             extra: tuple[str, ...] = ()) -> tuple[float, float, dict]:
+             extra: tuple[str, ...] = (), env_extra: dict[str, str] | None = None,
+             ) -> tuple[float, float, dict]:
     work = Path(tempfile.mkdtemp(prefix="ezpz-bench-", dir="/var/tmp"))
     try:
         cfg = work / "cfg.yaml"
@@ -125,15 +126,15 @@ def run_ezpz(n: int, path: Path, chunk: str, engine: str = "python",
                        f"  extractor: {engine}\n")
         argv = [PY, "-m", "ezpz.transfer", "--config-file", str(cfg), "--run-dir", str(work),
                 *extra]
-        env = dict(os.environ, EZPZ_LOG_LEVEL="WARNING")
+        env = dict(os.environ, EZPZ_LOG_LEVEL="WARNING", **(env_extra or {}))
         wall, cpu, _ = _sim(n, argv, env)
         return wall, cpu, json.loads((work / "results.json").read_text())
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def startup() -> tuple[float, float]:
-    """Median wall and CPU (user+sys) seconds of ``python -m ezpz.transfer --help`` over 5 runs.
+def startup(argv: list[str]) -> tuple[float, float]:
+    """Median wall and CPU (user+sys) seconds of ``python argv`` over 5 runs.
 
     Wall time depends on what else runs on the machine; CPU time much less.
     """
@@ -141,8 +142,7 @@ def startup() -> tuple[float, float]:
     for _ in range(5):
         r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         t0 = time.perf_counter()
-        subprocess.run([PY, "-m", "ezpz.transfer", "--help"], stdout=subprocess.DEVNULL,
-                       check=True)
+        subprocess.run([PY, *argv], stdout=subprocess.DEVNULL, check=True)
         walls.append(time.perf_counter() - t0)
         r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
         cpus.append(r1.ru_utime - r0.ru_utime + r1.ru_stime - r0.ru_stime)
@@ -150,9 +150,11 @@ def startup() -> tuple[float, float]:
 
 
 def _startup_line() -> str:
-    wall, cpu = startup()
+    wall, cpu = startup(["-m", "ezpz.transfer", "--help"])
+    base, base_cpu = startup(["-c", "pass"])
     return (f"worker start-up (python -m ezpz.transfer --help, median of 5): {wall:.2f} s wall, "
-            f"{cpu:.2f} CPU s")
+            f"{cpu:.2f} CPU s; bare interpreter (python -c pass): {base:.2f} s wall, "
+            f"{base_cpu:.2f} CPU s; ratio {wall / base:.1f}x")
 
 
 def _rss(res: dict) -> float:
@@ -243,14 +245,21 @@ def main() -> None:
                   f"{max(_rss(r[2]) for r in results[chunk]):.0f} |", flush=True)
 
     if "extractor" in parts:
-        print(f"\nextractor (N=2, zstd, {default_chunk}): python vs GNU tar fed the checked "
-              "stream\n")
-        eng: dict[str, list[float]] = {"python": [], "tar": []}
-        for _ in range(repeat):
-            for engine in eng:
-                eng[engine].append(run_ezpz(2, arch["zstd"], default_chunk, engine, extra)[0])
-        for engine, ts in eng.items():
-            print(f"  {engine}: {statistics.median(ts):.2f} s")
+        print(f"\nextractor (N=2, zstd, {default_chunk}): python (with its C helper for plain "
+              "members, and without it: EZPZ_EXTRACT_C=0) vs GNU tar fed the checked stream\n")
+        variants = {"python": ("python", {}),
+                    "python, EZPZ_EXTRACT_C=0": ("python", {"EZPZ_EXTRACT_C": "0"}),
+                    "tar": ("tar", {})}
+        eng: dict[str, list[tuple[float, float]]] = {v: [] for v in variants}
+        for _ in range(repeat):  # alternate
+            for name, (engine, env_extra) in variants.items():
+                w, c, _res = run_ezpz(2, arch["zstd"], default_chunk, engine, extra, env_extra)
+                eng[name].append((w, c))
+        base = statistics.median(w for w, _ in eng["python, EZPZ_EXTRACT_C=0"])
+        for name, runs in eng.items():
+            w = statistics.median(r[0] for r in runs)
+            c = statistics.median(r[1] for r in runs)
+            print(f"  {name}: {w:.2f} s, {c:.1f} CPU s ({w / base:.2f}x the pure-Python path)")
 
     if "rss" in parts:
         print(f"\npeak RSS flat across payload sizes (N=2, zstd, {default_chunk}):")
