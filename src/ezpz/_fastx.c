@@ -10,10 +10,10 @@
  *     whole in the block, optionally after a pax header holding nothing but one 'path' record;
  *   - with a valid unsigned header checksum, octal numeric fields, no ustar prefix field;
  *   - whose name is printable ASCII, relative (leading "./" aside), without empty, '.', '..'
- *     or over-long components, below PATH_MAX under the destination, has at least two components, and
- *     whose parent directory the extraction already created as a real directory (so no
- *     component of it is a symlink of the archive) and whose top component is known to be a
- *     directory;
+ *     or over-long components, below PATH_MAX under the destination, of at least two
+ *     components, whose parent directory the extraction already created as a real directory
+ *     (so no component of it is a symlink of the archive) and whose top component is known to
+ *     be a directory;
  *   - without setuid/setgid bits, whose size fits in the free-space budget, that is not a
  *     symlink of the archive, and whose path does not exist yet (O_EXCL / mkdir).
  *
@@ -46,18 +46,15 @@ static int octal_field(const unsigned char *f, int len, long long *out)
     long long v = 0;
     while (i < len && f[i] == ' ')
         i++;
-    int digits = 0;
     while (i < len && f[i] >= '0' && f[i] <= '7') {
         if (v > (LLONG_MAX >> 3))
             return -1;
         v = (v << 3) | (f[i] - '0');
         i++;
-        digits++;
     }
     for (; i < len; i++)
         if (f[i] != 0 && f[i] != ' ')
             return -1;
-    (void)digits;
     *out = v;
     return 0;
 }

@@ -476,6 +476,18 @@ _FAST_TYPES = frozenset(b"0\x00521")
 _FAST_TYPE_BYTES = frozenset(bytes([t]) for t in _FAST_TYPES)
 
 
+def _header_in_block(tf: tarfile.TarFile, reader: _ForwardReader) -> Optional[int]:
+    """The index in the reader's current block of the next header, when the parser's state is
+    plain (no global pax headers, no member read ahead) and a whole header block lies there;
+    None otherwise (``tf.next()`` must read it)."""
+    off = tf.offset
+    if tf.firstmember is not None or tf.pax_headers or reader.seek(off) != off:
+        return None
+    if len(reader._buf) - reader._i < BLOCK:
+        return None
+    return reader._i
+
+
 def _next_member(tf: tarfile.TarFile, reader: _ForwardReader) -> Optional[tarfile.TarInfo]:
     """The next member, like ``tf.next()``, with less work per plain ustar header.
 
@@ -486,13 +498,11 @@ def _next_member(tf: tarfile.TarFile, reader: _ForwardReader) -> Optional[tarfil
     headers seen earlier, a bad or zero block, headers across blocks, a short stream) goes to
     ``tf.next()``, which decides as before. Every member still goes through the checks.
     """
+    i = _header_in_block(tf, reader)
+    if i is None:
+        return tf.next()
     off = tf.offset
-    if tf.firstmember is not None or tf.pax_headers or reader.seek(off) != off:
-        return tf.next()
     buf = reader._buf
-    i = reader._i
-    if len(buf) - i < BLOCK:
-        return tf.next()
     pax: Optional[dict[str, str]] = None
     start = i
     if buf[i + 156] == 0x78:  # a pax header ('x') with only path/linkpath, read here
@@ -868,12 +878,10 @@ class SafeExtractor:
 
     def _fast_members(self, tf: tarfile.TarFile, reader: _ForwardReader) -> None:
         """Let the C helper write the plain members that follow in the reader's block."""
+        i = _header_in_block(tf, reader)
+        if i is None:
+            return
         off = tf.offset
-        if tf.firstmember is not None or tf.pax_headers or reader.seek(off) != off:
-            return
-        i = reader._i
-        if len(reader._buf) - i < BLOCK:
-            return
         budget = -1 if self._free is None else max(0, self._free - self._declared)
         c = self.checker
         pos, last, members, files, dirs, nbytes, declared = self._fast.run(

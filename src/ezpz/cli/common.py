@@ -212,7 +212,8 @@ def with_repeat_sweep(overrides: list[str], cfg: Any) -> list[str]:
 
 
 def print_help(prog: str, description: str, config_name: str, groups: Sequence[str],
-               overrides: list[str], examples: Sequence[str], show_config: bool = True) -> None:
+               overrides: list[str], examples: Sequence[str],
+               config_in_help: bool = True) -> None:
     lines = [f"{prog}: {description}", "",
              f"usage: {prog} [--cfg job] [-m] [key=value ...]", "",
              "Config groups (choose with group=option):"]
@@ -221,7 +222,7 @@ def print_help(prog: str, description: str, config_name: str, groups: Sequence[s
         lines.append(f"  {group}: {', '.join(config_options(group))}{default}")
     lines += ["", "Examples:"] + [f"  {e}" for e in examples]
     lines += ["", "Hydra flags: --cfg job (print the composed config), -m (sweep), --hydra-help"]
-    if not show_config:  # composing loads Hydra: --cfg job shows it
+    if not config_in_help:  # composing loads Hydra: --cfg job shows it
         print("\n".join(lines))
         return
     from omegaconf import OmegaConf
