@@ -51,7 +51,7 @@ def archive(venv: Path, codec: str) -> Path:
     if out.exists() and out.stat().st_mtime > stamp:
         return out
     try:
-        from ezpz.tar_env import pack
+        from ezpz.pack import pack
 
         pack(prefix=str(venv), path=str(out), codec=codec, overwrite=True)
     except ImportError:  # packer not available: plain tar through the codec

@@ -10,7 +10,10 @@ import tarfile
 
 import pytest
 
-from ezpz import archive
+from ezpz.formats import prefix as prefixes
+from ezpz.formats import tarheader
+from ezpz.pack import sinks, writer
+from ezpz.pack import tree as packtree
 from ezpz.errors import ArchiveError
 
 
@@ -18,11 +21,11 @@ def test_headers_round_trip_through_tarfile_including_long_fields():
     long_name = ("dir-" * 40 + "/file.txt").encode()
     long_link = ("../" * 50 + "target").encode()
     data = b"hello"
-    stream = (archive.tar_header(long_name, 0o100640, len(data), 1_700_000_000, b"0") + data
+    stream = (tarheader.tar_header(long_name, 0o100640, len(data), 1_700_000_000, b"0") + data
               + bytes(512 - len(data))
-              + archive.tar_header(b"top/link", 0o120777, 0, 5, b"2", long_link)
-              + archive.tar_header(b"top/d/", 0o40750, 0, -3, b"5")
-              + archive.END_OF_ARCHIVE)
+              + tarheader.tar_header(b"top/link", 0o120777, 0, 5, b"2", long_link)
+              + tarheader.tar_header(b"top/d/", 0o40750, 0, -3, b"5")
+              + tarheader.END_OF_ARCHIVE)
     with tarfile.open(fileobj=io.BytesIO(stream), mode="r:") as tf:
         members = tf.getmembers()
         assert [m.name for m in members] == [long_name.decode(), "top/link", "top/d"]
@@ -36,12 +39,12 @@ def test_headers_round_trip_through_tarfile_including_long_fields():
 @pytest.mark.parametrize("codec", ["zstd", "gzip"])
 @pytest.mark.parametrize("gap", [0, 8, 21, 100, 5000])
 def test_padding_is_skipped_by_decoders(tmp_path, codec, gap):
-    pad = archive.padding(codec, gap)
+    pad = sinks.padding(codec, gap)
     if pad is None:
         assert (codec, gap) in {("gzip", 8)}
         return
     assert len(pad) == gap
-    blob = archive.compress_frame(codec, b"first ") + pad + archive.compress_frame(codec, b"second")
+    blob = sinks.compress_frame(codec, b"first ") + pad + sinks.compress_frame(codec, b"second")
     f = tmp_path / "x"
     f.write_bytes(blob)
     tool = {"zstd": ["zstd", "-dc", str(f)], "gzip": ["gzip", "-dc", str(f)]}[codec]
@@ -51,10 +54,10 @@ def test_padding_is_skipped_by_decoders(tmp_path, codec, gap):
 
 
 def test_padding_refuses_sizes_it_cannot_make():
-    assert archive.padding("zstd", 7) is None
-    assert archive.padding("gzip", 20) is None
-    assert archive.padding("none", 10) is None
-    assert archive.padding("none", 0) == b""
+    assert sinks.padding("zstd", 7) is None
+    assert sinks.padding("gzip", 20) is None
+    assert sinks.padding("none", 10) is None
+    assert sinks.padding("none", 0) == b""
 
 
 @pytest.mark.parametrize("pattern,path,hit", [
@@ -70,27 +73,27 @@ def test_padding_refuses_sizes_it_cannot_make():
     ("share/[!ab]?", "share/ax", False),
 ])
 def test_exclude_patterns(pattern, path, hit):
-    assert archive.compile_excludes([pattern])(path) is hit
+    assert packtree.compile_excludes([pattern])(path) is hit
 
 
 def test_scan_file_finds_a_prefix_across_chunks(tmp_path):
     prefix = b"/some/long/prefix/of/an/env"
-    data = bytearray(archive.CHUNK * 2)
+    data = bytearray(prefixes.CHUNK * 2)
     data[:] = b"a" * len(data)
-    at = archive.CHUNK - 7
+    at = prefixes.CHUNK - 7
     data[at:at + len(prefix)] = prefix
     f = tmp_path / "f"
     f.write_bytes(bytes(data))
-    assert archive.scan_file(f, prefix) == "text"
+    assert prefixes.scan_file(f, prefix) == "text"
     f.write_bytes(bytes(data) + b"\0")
-    assert archive.scan_file(f, prefix) == "binary"
+    assert prefixes.scan_file(f, prefix) == "binary"
     f.write_bytes(b"a" * 100)
-    assert archive.scan_file(f, prefix) is None
+    assert prefixes.scan_file(f, prefix) is None
 
 
 def test_find_prefix_files_rejects_an_empty_prefix(tmp_path):
     with pytest.raises(ArchiveError, match="prefix is empty"):
-        archive.find_prefix_files(tmp_path, "")
+        prefixes.find_prefix_files(tmp_path, "")
 
 
 def test_walk_tree_order_and_kinds(tmp_path):
@@ -100,7 +103,7 @@ def test_walk_tree_order_and_kinds(tmp_path):
     (root / "b" / "f").write_text("f")
     (root / "link").symlink_to("b")
     os.mkfifo(root / "fifo")
-    tree = archive.walk_tree(str(root), "env")
+    tree = packtree.walk_tree(str(root), "env")
     assert [e.arcname for e in tree.entries] == ["env", "env/a.txt", "env/b", "env/link",
                                                  "env/b/c", "env/b/f"]
     assert tree.skipped_special == [str(root / "fifo")]
@@ -113,7 +116,7 @@ def test_zstd_frames_carry_a_checksum_so_corruption_on_disk_is_caught(tmp_path):
     import sys
 
     from ezpz import extract
-    from ezpz.tar_env import pack
+    from ezpz.pack import pack
 
     env = tmp_path / "env"
     sp.run([sys.executable, "-m", "venv", "--without-pip", str(env)], check=True)
@@ -130,18 +133,18 @@ def test_zstd_frames_carry_a_checksum_so_corruption_on_disk_is_caught(tmp_path):
 def test_progress_counts_every_byte_written_large_files_included(tmp_path):
     root = tmp_path / "tree"
     root.mkdir()
-    (root / "big.bin").write_bytes(os.urandom(archive.CHUNK * 2 + 123))
+    (root / "big.bin").write_bytes(os.urandom(prefixes.CHUNK * 2 + 123))
     (root / "small.txt").write_text("hello\n")
     out = io.BytesIO()
     counted = []
-    tree = archive.walk_tree(str(root), "tree")
-    archive.write_body(archive.Sink(out), tree.entries, None, counted.append)
+    tree = packtree.walk_tree(str(root), "tree")
+    writer.write_body(sinks.Sink(out), tree.entries, None, counted.append)
     assert sum(counted) == len(out.getvalue())
 
 
 @pytest.mark.parametrize("text", ["[]", '"x"', "3"])
 def test_a_manifest_that_is_not_an_object_is_a_value_error(text):
-    from ezpz.manifest import Manifest
+    from ezpz.formats.manifest import Manifest
 
     with pytest.raises(ValueError, match="a manifest is a JSON object"):
         Manifest.from_json(text)

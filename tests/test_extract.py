@@ -14,7 +14,8 @@ import pytest
 import zstandard
 
 from ezpz.errors import ArchiveError
-from ezpz.extract import ChunkStream, SafeExtractor, extract_file, extract_stream, open_decoder
+from ezpz.extract import ChunkStream, SafeExtractor, extract_file, extract_stream
+from ezpz.formats.codecs import open_decoder
 
 #: "python-no-c" is the python engine with the C helper for plain members turned off.
 ENGINES = ["python", "python-no-c", "tar"]
@@ -434,7 +435,7 @@ def _tricky_members() -> list[dict]:
 @pytest.mark.parametrize("fmt", [tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT, tarfile.PAX_FORMAT])
 @pytest.mark.parametrize("codec", ["none", "zstd"])
 def test_c_helper_writes_the_same_tree_as_python(tmp_path, monkeypatch, fmt, codec):
-    pytest.importorskip("ezpz._fastx", reason="the C helper was not built")
+    pytest.importorskip("ezpz.extract._fastx", reason="the C helper was not built")
     path = build(tmp_path / "t.tar", _tricky_members(), fmt=fmt)
     if codec == "zstd":
         zst = tmp_path / "t.tar.zst"
@@ -468,13 +469,13 @@ def test_c_helper_writes_the_same_tree_as_python(tmp_path, monkeypatch, fmt, cod
 def test_c_helper_is_built_by_the_install():
     # The project's install compiles it (pyproject ext-modules); a silent build failure would
     # leave extraction on the slower Python path.
-    import ezpz._fastx  # noqa: F401
+    import ezpz.extract._fastx  # noqa: F401
 
 
 def test_c_helper_stops_at_unsafe_members(tmp_path):
     """Plain members first, then a hostile one: the helper writes the plain ones and hands
     the hostile one to the checks, which refuse it."""
-    pytest.importorskip("ezpz._fastx", reason="the C helper was not built")
+    pytest.importorskip("ezpz.extract._fastx", reason="the C helper was not built")
     outside = tmp_path / "outside"
     outside.mkdir()
     members = [dict(name="env", type=tarfile.DIRTYPE, mode=0o755),

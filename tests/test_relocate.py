@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from ezpz.errors import RelocateError
-from ezpz.manifest import Manifest, PrefixFile
+from ezpz.formats.manifest import Manifest, PrefixFile
 from ezpz.relocate import activation_hint, detect_env, relocate
 
 PKG = "ezpzdemo"
@@ -166,7 +166,7 @@ def packed_venv(tmp_path_factory) -> dict:
              "--disable-pip-version-check", "-q", wheel])
     assert p.returncode == 0, p.stderr
     assert (old / "bin" / PKG).read_bytes().startswith(b"#!/bin/sh\n'''exec' ")
-    from ezpz.tar_env import pack
+    from ezpz.pack import pack
 
     packed = pack(prefix=str(old), path=str(base / "env.tar.zst"))  # as users make it
     plain = base / "plain.tar"

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from ezpz.manifest import BUNDLED_PYTHON_RELPATH, Manifest
+from ezpz.formats.manifest import BUNDLED_PYTHON_RELPATH, Manifest
 from ezpz.relocate import relocate
 
 from test_relocate import files_holding, make_manifest, run, unpack

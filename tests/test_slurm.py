@@ -218,16 +218,6 @@ def json_lines(text: str) -> list[dict]:
     return out
 
 
-def skip_unless_implemented(module: str, app: str) -> None:
-    """Skip while an entry point is still the stub that says it is not implemented."""
-    import importlib
-    import inspect
-
-    task = importlib.import_module(module).task
-    if "is not implemented yet" in inspect.getsource(task):
-        pytest.skip(f"{app} is not implemented yet ({module}.task is a stub)")
-
-
 def wrap_override(*argv: str) -> str:
     return "launcher.wrap=[" + ",".join(f"'{a}'" for a in argv) + "]"
 
@@ -235,7 +225,6 @@ def wrap_override(*argv: str) -> str:
 @pytest.mark.simnodes
 def test_ezpz_launch_runs_once_per_node_with_the_right_ranks(slurm_cluster, simnodes_root,
                                                               tmp_path):
-    skip_unless_implemented("ezpz.cli.launch", "ezpz-launch")
     probe = tmp_path / "probe.py"
     probe.write_text(LAUNCH_PROBE)
     argv = [str(BIN / "ezpz-launch"), "machine=slurm", "launcher=srun",
@@ -257,7 +246,6 @@ def test_ezpz_launch_runs_once_per_node_with_the_right_ranks(slurm_cluster, simn
 
 def test_ezpz_launch_dry_run_prints_the_srun_command_for_the_allocation(slurm_cluster,
                                                                         tmp_path):
-    skip_unless_implemented("ezpz.cli.launch", "ezpz-launch")
     argv = [str(BIN / "ezpz-launch"), "launcher=srun", "launcher.dry_run=true", "--",
             "hostname"]
     p = slurm_cluster.salloc(3, argv, cwd=tmp_path)
@@ -268,16 +256,11 @@ def test_ezpz_launch_dry_run_prints_the_srun_command_for_the_allocation(slurm_cl
 
 @pytest.fixture(scope="session")
 def probe_archive(tmp_path_factory) -> Path:
-    """A real (small) venv with a module of its own, packed by ezpz.tar_env.pack."""
-    skip_unless_implemented("ezpz.cli.yeet_env", "ezpz-yeet-env")
-    tar_env = pytest.importorskip("ezpz.tar_env",
-                                  reason="ezpz.tar_env (the packer) is not available yet")
-    if not hasattr(tar_env, "pack"):
-        pytest.skip("ezpz.tar_env.pack is not available yet")
-    pytest.importorskip("ezpz.transfer",
-                        reason="ezpz.transfer (the per-node worker) is not available yet")
+    """A real (small) venv with a module of its own, packed by ezpz.pack.pack."""
     import subprocess
     import sysconfig
+
+    from ezpz.pack import pack
 
     root = tmp_path_factory.mktemp("probe-env")
     venv = root / "ezpzprobe"
@@ -285,7 +268,7 @@ def probe_archive(tmp_path_factory) -> Path:
     purelib = sysconfig.get_path("purelib", vars={"base": str(venv), "platbase": str(venv)})
     Path(purelib, "ezpz_probe.py").write_text("VALUE = 'delivered'\n")
     archive = root / "ezpzprobe.tar.zst"
-    tar_env.pack(prefix=str(venv), path=str(archive))
+    pack(prefix=str(venv), path=str(archive))
     assert archive.is_file()
     return archive
 

@@ -28,16 +28,16 @@ from test_report import fixture_results, make_job
 def test_repeat_becomes_a_repeat_index_sweep():
     ovs = ["machine=local", "transfer.chunk_size=1MiB,4MiB", "transfer.repeat=3"]
     cfg = compose("yeet", ["machine=local", "transfer.chunk_size=1MiB", "transfer.repeat=3"])
-    assert with_repeat_sweep(ovs, cfg) == [*ovs, "transfer.repeat_index=0,1,2"]
+    assert with_repeat_sweep(ovs, to_settings(cfg)) == [*ovs, "transfer.repeat_index=0,1,2"]
 
 
 def test_repeat_from_a_preset_or_default_and_user_index():
     one = compose("yeet", ["machine=local"])
-    assert with_repeat_sweep(["machine=local"], one) == ["machine=local"]
+    assert with_repeat_sweep(["machine=local"], to_settings(one)) == ["machine=local"]
     two = compose("yeet", ["transfer.repeat=2"])
     mine = ["transfer.repeat=2", "transfer.repeat_index=5"]
-    assert with_repeat_sweep(mine, two) == mine, "the user's own repeat_index is kept"
-    assert with_repeat_sweep([], compose("launch", [])) == [], "apps without transfer"
+    assert with_repeat_sweep(mine, to_settings(two)) == mine, "the user's own repeat_index is kept"
+    assert with_repeat_sweep([], to_settings(compose("launch", []))) == [], "apps without transfer"
 
 
 def test_repeat_index_is_validated():

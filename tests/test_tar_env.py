@@ -13,11 +13,15 @@ from pathlib import Path
 
 import pytest
 
-from ezpz import archive, tar_env
-from ezpz.archive import find_prefix_files, iter_members, read_manifest
+from ezpz.formats import prefix as prefixes
+from ezpz.formats.manifest import iter_members, read_manifest
+from ezpz.formats.prefix import find_prefix_files
+from ezpz.pack import packer as tar_env
+from ezpz.pack import writer
+from ezpz.pack import tree as packtree
 from ezpz.config import ArchiveSpec, EnvSpec, TarEnvConfig
 from ezpz.errors import ArchiveError, ConfigError
-from ezpz.manifest import MANIFEST_RELPATH
+from ezpz.formats.manifest import MANIFEST_RELPATH
 
 CODECS = ["zstd", "gzip", "none"]
 PY = sys.executable
@@ -51,8 +55,8 @@ def make_venv(where: Path) -> Path:
     private.write_text("secret\n")
     private.chmod(0o600)
     # A large file with the prefix straddling a read-chunk boundary.
-    big = bytearray(os.urandom(archive.CHUNK + 4096))
-    at = archive.CHUNK - 5
+    big = bytearray(os.urandom(prefixes.CHUNK + 4096))
+    at = prefixes.CHUNK - 5
     big[at:at + len(prefix)] = prefix
     (sp / "pkg" / "big.dat").write_bytes(bytes(big))
     (sp / "pkg" / "__pycache__").mkdir()
@@ -143,7 +147,7 @@ def conda(tmp_path) -> Path:
 def test_venv_round_trip(venv, tmp_path, codec):
     out = tar_env.pack(prefix=str(venv), codec=codec)
     assert out == venv.parent / f"myvenv{ {'zstd': '.tar.zst', 'gzip': '.tar.gz', 'none': '.tar'}[codec]}"
-    from ezpz.codecs import detect_file
+    from ezpz.formats.codecs import detect_file
 
     assert detect_file(out) == codec
     first, _ = next(iter_members(out))
@@ -223,8 +227,8 @@ def test_manifest_larger_than_the_reserve_is_copied_in_front(tmp_path):
     root.mkdir()
     for i in range(300):  # random names: the compressed manifest cannot fit in 4 KiB
         (root / (os.urandom(12).hex() + ".txt")).write_text(f"{root}\n")
-    tree = archive.walk_tree(str(root), "many")
-    from ezpz.manifest import Manifest
+    tree = packtree.walk_tree(str(root), "many")
+    from ezpz.formats.manifest import Manifest
 
     for codec in CODECS:
         fh = open(tmp_path / f"a.{codec}", "w+b")
@@ -234,7 +238,7 @@ def test_manifest_larger_than_the_reserve_is_copied_in_front(tmp_path):
             spilled.append(open(tmp_path / f"b.{codec}", "xb"))
             return spilled[-1]
 
-        manifest, stats, _ = archive.write_archive(
+        manifest, stats, _ = writer.write_archive(
             fh, codec, None, 0, tree.entries, 4096,
             lambda s: Manifest(kind="data", name="many", prefix=str(root),
                                prefix_files=s.prefix_files),

@@ -15,7 +15,7 @@ import pytest
 import zstandard
 
 from ezpz.extract import ChunkStream
-from ezpz.transfer import _DecodeAhead
+from ezpz.extract.decode import DecodeAhead
 
 
 def _payload() -> bytes:
@@ -26,7 +26,7 @@ def _payload() -> bytes:
 def _decode(data: bytes, codec: str, chunk: int = 300_001) -> bytes:
     """Feed ``data`` in chunks through a ChunkStream from another thread, as the worker does."""
     stream = ChunkStream(depth=4)
-    dec = _DecodeAhead(stream, codec)
+    dec = DecodeAhead(stream, codec)
 
     def produce() -> None:
         for i in range(0, len(data), chunk):
@@ -103,7 +103,7 @@ def test_reads_of_any_size(payload: bytes) -> None:
     data = zstandard.ZstdCompressor().compress(payload)
     stream.put(data)
     stream.close_input()
-    dec = _DecodeAhead(stream, "zstd")
+    dec = DecodeAhead(stream, "zstd")
     buf = io.BytesIO()
     sizes = [1, 511, 512, 70_000, 1 << 20, 3 << 20]
     i = 0

@@ -9,9 +9,8 @@ import sys
 
 import pytest
 
-from ezpz.tar_env import pack
+from ezpz.pack import pack
 from ezpz.transfer import make_plan
-from ezpz.config import TransferConfig
 
 pytestmark = pytest.mark.simnodes
 
@@ -32,10 +31,10 @@ def many_prefix_files(tmp_path_factory):
 
 def test_plan_carries_only_the_manifest_facts_nodes_need(many_prefix_files):
     env, archive = many_prefix_files
-    plan = make_plan(TransferConfig(src=str(archive)))
-    assert plan["manifest"]["kind"] == "venv"
-    assert plan["manifest"]["total_bytes"] > 0
-    assert len(json.dumps(plan)) < 4096
+    plan = make_plan(str(archive), decompress=True)
+    assert plan.kind == "venv"
+    assert plan.total_bytes is not None and plan.total_bytes > 0
+    assert len(json.dumps(plan.to_wire())) < 4096
 
 
 def test_worker_delivers_an_env_with_a_large_manifest(many_prefix_files, run_nodes, python, tmp_path):

@@ -3,7 +3,6 @@ per-node worker is installed) delivery onto two simulated nodes through mpiexec 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -11,11 +10,11 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
 import simnodes
 from ezpz.cli.common import compose, to_settings
-from ezpz.cli.yeet_env import hydra_quote, resolve_backend, translate_compat
+from ezpz.cli.yeet_env import hydra_quote, translate_compat
+from ezpz.jobenv import resolve_backend
 from ezpz.errors import ConfigError
 
 PY = sys.executable
@@ -42,11 +41,19 @@ def test_translate_original_flags():
 
 
 def test_backend_resolution():
-    assert resolve_backend("mpiexec", "auto") == "mpi"
-    assert resolve_backend("srun", "torch") == "torch"
-    assert resolve_backend("torchrun", "auto") == "torch"
+    assert resolve_backend("auto", "mpiexec") == "mpi"
+    assert resolve_backend("torch", "srun") == "torch"
+    assert resolve_backend("auto", "torchrun") == "torch"
     with pytest.raises(ConfigError, match="transfer.backend=mpi cannot be used with launcher=torchrun"):
-        resolve_backend("torchrun", "mpi")
+        resolve_backend("mpi", "torchrun")
+    # without a launcher (a worker started by hand): what started this process decides
+    assert resolve_backend("auto", environ={"TORCHELASTIC_RUN_ID": "1"}) == "torch"
+    assert resolve_backend("auto", environ={"LOCAL_RANK": "0", "WORLD_SIZE": "2"}) == "torch"
+    assert resolve_backend("auto", environ={"LOCAL_RANK": "0", "WORLD_SIZE": "2",
+                                            "PMI_RANK": "0"}) == "mpi"
+    assert resolve_backend("auto", environ={}) == "mpi"
+    with pytest.raises(ConfigError, match="transfer.backend: 'nccl' is not a backend"):
+        resolve_backend("nccl", "mpiexec")
 
 
 def _yeet(*args, cwd, env=None, module="ezpz.cli.yeet_env", timeout=300):
@@ -112,15 +119,15 @@ def test_dry_run_prints_one_process_per_node_and_saves_the_resolved_config(tmp_p
               module=module)
     assert p.returncode == 0, p.stderr
     run_dir = _run_dir(tmp_path).resolve()
-    cfg_file = run_dir / "ezpz-yeet.yaml"
+    spec_file = run_dir / "worker-spec.json"
     argv = p.stdout.strip().splitlines()[-1].split(" ")
     assert argv[0].endswith("mpiexec")
     assert argv[1:] == ["-n", "2", "-ppn", "1", "-hosts", "localhost", PY, "-m", "ezpz.transfer",
-                        "--config-file", str(cfg_file), "--run-dir", str(run_dir)]
-    resolved = yaml.safe_load(cfg_file.read_text())
-    assert resolved["transfer"]["src"] == str(archive.resolve())
-    assert resolved["transfer"]["dst"] == "/tmp/e e" and resolved["transfer"]["overwrite"] is True
-    assert resolved["transfer"]["backend"] == "mpi"
+                        "--spec", str(spec_file), "--run-dir", str(run_dir)]
+    spec = json.loads(spec_file.read_text())
+    assert spec["src"] == str(archive.resolve())
+    assert spec["dst"] == "/tmp/e e" and spec["overwrite"] is True
+    assert spec["backend"] == "mpi"
     assert not (run_dir / "results.json").exists()
 
 
@@ -138,8 +145,8 @@ def test_dry_run_torchrun_uses_the_torch_backend(tmp_path, nodefile, archive):
                                  "--local-addr=127.0.0.1", "--no-python"]
     assert argv[i + 8:i + 11] == [PY, "-m", "ezpz.transfer"]
     assert "environment: GLOO_SOCKET_IFNAME=lo" in p.stderr
-    resolved = yaml.safe_load((run_dir / "ezpz-yeet.yaml").read_text())
-    assert resolved["transfer"]["backend"] == "torch"
+    spec = json.loads((run_dir / "worker-spec.json").read_text())
+    assert spec["backend"] == "torch"
 
 
 def test_torch_backend_under_srun_gets_a_rendezvous_on_the_first_node(tmp_path, archive):
@@ -151,7 +158,7 @@ def test_torch_backend_under_srun_gets_a_rendezvous_on_the_first_node(tmp_path, 
               env=env)
     assert p.returncode == 0, p.stderr
     assert p.stdout.strip().splitlines()[-1].startswith(
-        f"srun -N 3 --ntasks-per-node=1 --mpi=pmi2 {PY} -m ezpz.transfer --config-file ")
+        f"srun -N 3 --ntasks-per-node=1 --mpi=pmi2 {PY} -m ezpz.transfer --spec ")
     assert "environment: MASTER_ADDR=sim1 MASTER_PORT=29777" in p.stderr
 
 
@@ -168,8 +175,6 @@ def test_dry_run_with_a_directory_says_it_would_pack_it(tmp_path, nodefile):
 # --------------------------------------------------------------------------------------
 # end to end on two simulated nodes (needs the per-node worker, ezpz.transfer)
 # --------------------------------------------------------------------------------------
-needs_worker = pytest.mark.skipif(importlib.util.find_spec("ezpz.transfer") is None,
-                                  reason="ezpz.transfer (the per-node worker) is not installed yet")
 PROBE = "import sys, ezpz_probe; print(ezpz_probe.VALUE, sys.prefix)"
 
 
@@ -183,10 +188,10 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def probe_archive(tmp_path_factory) -> Path:
-    """A real small venv with a module of its own, packed by ezpz.tar_env.pack."""
+    """A real small venv with a module of its own, packed by ezpz.pack.pack."""
     import sysconfig
 
-    from ezpz import tar_env
+    from ezpz import pack as tar_env
 
     root = tmp_path_factory.mktemp("probe")
     venv = root / "ezpzprobe"
@@ -198,7 +203,6 @@ def probe_archive(tmp_path_factory) -> Path:
     return out
 
 
-@needs_worker
 @pytest.mark.simnodes
 @pytest.mark.parametrize("launcher", ["mpiexec", "torchrun"])
 def test_yeet_env_delivers_a_working_env_to_two_simulated_nodes(simnodes_ok, tmp_path, nodefile,
@@ -224,8 +228,8 @@ def test_yeet_env_delivers_a_working_env_to_two_simulated_nodes(simnodes_ok, tmp
         assert run["rc"] == 0 and run["stdout"].split() == ["delivered", dst], run
     results = json.loads((_run_dir(tmp_path) / "results.json").read_text())
     assert results["status"] == "ok" and results["exit_code"] == 0
-    resolved = yaml.safe_load((_run_dir(tmp_path) / "ezpz-yeet.yaml").read_text())
-    assert resolved["transfer"]["backend"] == ("torch" if launcher == "torchrun" else "mpi")
+    spec = json.loads((_run_dir(tmp_path) / "worker-spec.json").read_text())
+    assert spec["backend"] == ("torch" if launcher == "torchrun" else "mpi")
     assert f"source {dst}/bin/activate" in p.stdout
 
 
@@ -273,7 +277,7 @@ def test_the_workers_config_is_resolved_once_on_the_launching_host(tmp_path, nod
               "transfer.dst=/tmp/env-${now:%Y}-${hydra:job.name}", "launcher.dry_run=true",
               cwd=tmp_path, env=_pbs_env(nodefile))
     assert p.returncode == 0, p.stderr
-    text = (_run_dir(tmp_path) / "ezpz-yeet.yaml").read_text()
+    text = (_run_dir(tmp_path) / "worker-spec.json").read_text()
     assert "${" not in text
-    resolved = yaml.safe_load(text)
-    assert resolved["transfer"]["dst"].startswith("/tmp/env-20")
+    spec = json.loads(text)
+    assert spec["dst"].startswith("/tmp/env-20")

@@ -10,9 +10,75 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from enum import Enum
+from typing import Any, Optional, TypeVar
 
 from .errors import ConfigError
+
+
+# --------------------------------------------------------------------------------------
+# choices: member names are the spellings users type (Hydra matches values by name)
+# --------------------------------------------------------------------------------------
+class Choice(str, Enum):
+    """A closed set of string values; compares and serialises as its string."""
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+
+class Codec(Choice):
+    """How an archive is compressed (``none``: plain tar)."""
+
+    zstd = "zstd"
+    gzip = "gzip"
+    none = "none"
+
+
+class Backend(Choice):
+    """What carries the broadcast: mpi4py or torch.distributed (``auto``: decided at launch)."""
+
+    auto = "auto"
+    mpi = "mpi"
+    torch = "torch"
+
+
+class Engine(Choice):
+    """What writes the checked tar stream: ezpz itself, or GNU tar through a pipe."""
+
+    python = "python"
+    tar = "tar"
+
+
+class Status(Choice):
+    """The outcome of a transfer on one node, or of the whole run."""
+
+    ok = "ok"
+    skipped = "skipped"
+    partial = "partial"
+    failed = "failed"
+
+
+C = TypeVar("C", bound=Choice)
+#: How an error names a value of each choice ("'xyz' is not a backend").
+NOUNS: dict[type[Choice], str] = {Codec: "a codec", Backend: "a backend",
+                                  Engine: "an extractor", Status: "a status"}
+
+
+def choice_error(kind: type[Choice], value: Any, key: str) -> ConfigError:
+    """The one-line error for a value that is not one of ``kind``'s."""
+    names = [m.value for m in kind]
+    options = ", ".join(names[:-1]) + " or " + names[-1] if len(names) > 1 else names[0]
+    return ConfigError(f"{key}: {value!r} is not {NOUNS.get(kind, 'valid')} (choose {options})")
+
+
+def choice(kind: type[C], value: Any, key: str) -> C:
+    """``value`` as a member of ``kind``, or a one-line :class:`ConfigError` naming ``key``."""
+    if isinstance(value, kind):
+        return value
+    try:
+        return kind(value)
+    except ValueError:
+        raise choice_error(kind, value, key) from None
 
 # --------------------------------------------------------------------------------------
 # sizes
@@ -140,9 +206,6 @@ class LauncherConfig:
                 raise ConfigError(f"launcher.{key}: must be at least 1, got {value}")
 
 
-TRANSFER_BACKENDS = ("auto", "mpi", "torch")
-
-
 @dataclass
 class TransferConfig:
     """The per-node transfer (``conf/transfer/*.yaml``)."""
@@ -157,9 +220,9 @@ class TransferConfig:
     #: Chunks in flight between reader, broadcast and extraction.
     depth: int = 4
     #: What writes the checked tar stream: python (default) or tar (GNU tar through a pipe).
-    extractor: str = "python"
+    extractor: Engine = Engine.python
     #: auto (mpi, or torch under torchrun), mpi, or torch.
-    backend: str = "auto"
+    backend: Backend = Backend.auto
     #: Also leave the archive file itself in dst's parent directory.
     keep_archive: bool = False
     overwrite: bool = False
@@ -181,12 +244,8 @@ class TransferConfig:
         n = parse_size(self.chunk_size, "transfer.chunk_size")
         if n <= 0:
             raise ConfigError(f"transfer.chunk_size: {self.chunk_size!r} must be greater than 0")
-        if self.backend not in TRANSFER_BACKENDS:
-            raise ConfigError(
-                f"transfer.backend: {self.backend!r} is not a backend (choose auto, mpi or torch)")
-        if self.extractor not in ("python", "tar"):
-            raise ConfigError(
-                f"transfer.extractor: {self.extractor!r} is not an extractor (choose python or tar)")
+        self.backend = choice(Backend, self.backend, "transfer.backend")
+        self.extractor = choice(Engine, self.extractor, "transfer.extractor")
         if self.depth < 1:
             raise ConfigError(f"transfer.depth: must be at least 1, got {self.depth}")
         if self.timeout <= 0:
@@ -216,25 +275,20 @@ class EnvSpec:
     bundle_python: bool = False
 
 
-CODECS = ("zstd", "gzip", "none")
-
-
 @dataclass
 class ArchiveSpec:
     #: Output file; default <env-parent>/<env-name>.tar.<ext>.
     path: Optional[str] = None
-    codec: str = "zstd"
+    codec: Codec = Codec.zstd
     #: Compression level; default per codec (zstd 3, gzip 6).
     level: Optional[int] = None
     #: Compression threads; 0 = all cores.
     threads: int = 0
 
     def __post_init__(self) -> None:
-        if self.codec not in CODECS:
-            raise ConfigError(
-                f"archive.codec: {self.codec!r} is not a codec (choose zstd, gzip or none)")
+        self.codec = choice(Codec, self.codec, "archive.codec")
         if self.level is not None:
-            lo, hi = {"zstd": (1, 22), "gzip": (1, 9), "none": (0, 0)}[self.codec]
+            lo, hi = {Codec.zstd: (1, 22), Codec.gzip: (1, 9), Codec.none: (0, 0)}[self.codec]
             if not lo <= self.level <= hi:
                 raise ConfigError(
                     f"archive.level: {self.level} is out of range for {self.codec} ({lo}..{hi})")

@@ -9,38 +9,13 @@ from __future__ import annotations
 import os
 import socket
 from datetime import timedelta
-from typing import Mapping, Optional
+from typing import Optional
 
 from .errors import ConfigError
-from .log import get_logger, get_rank
+from .jobenv import get_local_rank, get_rank, get_world_size
+from .log import get_logger
 
 log = get_logger(__name__)
-
-_SIZE_VARS = ("WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE", "PALS_SIZE", "OMPI_COMM_WORLD_SIZE",
-              "SLURM_NTASKS")
-_LOCAL_RANK_VARS = ("LOCAL_RANK", "PALS_LOCAL_RANKID", "MPI_LOCALRANKID",
-                    "OMPI_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID")
-
-
-def _first_int(names: tuple[str, ...], default: int,
-               environ: Optional[Mapping[str, str]]) -> int:
-    """The first of ``names`` set to an integer in the environment, else ``default``."""
-    env = os.environ if environ is None else environ
-    for var in names:
-        if env.get(var, "").isdigit():
-            return int(env[var])
-    return default
-
-
-def get_world_size(environ: Optional[Mapping[str, str]] = None) -> int:
-    """World size as set by the launcher (1 when not launched)."""
-    return _first_int(_SIZE_VARS, 1, environ)
-
-
-def get_local_rank(environ: Optional[Mapping[str, str]] = None) -> int:
-    """Rank within the node as set by the launcher (0 when not launched)."""
-    return _first_int(_LOCAL_RANK_VARS, 0, environ)
-
 
 def default_backend() -> str:
     import torch

@@ -10,16 +10,14 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import Mapping
 from datetime import datetime
+
+from .jobenv import get_rank
 
 LOG_LEVEL_ENV = "EZPZ_LOG_LEVEL"
 _LEVELS = {"DEBUG": logging.DEBUG, "INFO": logging.INFO, "WARNING": logging.WARNING,
            "WARN": logging.WARNING, "ERROR": logging.ERROR, "CRITICAL": logging.CRITICAL}
-# Launchers set one of these in each process they start; the first one present wins.
-# torchrun's RANK first: under torchrun started by mpiexec/srun, PMI_RANK/SLURM_PROCID is the
-# node's index, RANK the process's own rank.
-_RANK_VARS = ("RANK", "PMI_RANK", "PMIX_RANK", "PALS_RANKID", "OMPI_COMM_WORLD_RANK",
-              "SLURM_PROCID")
 _HANDLER_NAME = "ezpz"
 
 
@@ -35,17 +33,7 @@ class EzpzFormatter(logging.Formatter):
         return text
 
 
-def get_rank(environ: dict[str, str] | None = None) -> int:
-    """This process's rank as set by the launcher (0 when not launched)."""
-    env = os.environ if environ is None else environ
-    for var in _RANK_VARS:
-        value = env.get(var)
-        if value is not None and value.strip().lstrip("-").isdigit():
-            return int(value)
-    return 0
-
-
-def resolve_level(rank: int | None = None, environ: dict[str, str] | None = None) -> int:
+def resolve_level(rank: int | None = None, environ: Mapping[str, str] | None = None) -> int:
     """The log level for this process: EZPZ_LOG_LEVEL if set, else INFO on rank 0, CRITICAL elsewhere."""
     env = os.environ if environ is None else environ
     wanted = env.get(LOG_LEVEL_ENV, "").strip().upper()
@@ -55,7 +43,7 @@ def resolve_level(rank: int | None = None, environ: dict[str, str] | None = None
     return logging.INFO if rank == 0 else logging.CRITICAL
 
 
-def debug_enabled(environ: dict[str, str] | None = None) -> bool:
+def debug_enabled(environ: Mapping[str, str] | None = None) -> bool:
     env = os.environ if environ is None else environ
     return env.get(LOG_LEVEL_ENV, "").strip().upper() == "DEBUG"
 

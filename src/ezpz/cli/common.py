@@ -18,7 +18,8 @@ from importlib import resources
 from typing import Any, Callable, Sequence
 
 from .. import log as ezlog
-from ..errors import EXIT_USAGE, ConfigError, EzpzError
+from ..config import Choice, choice_error
+from ..errors import ConfigError, EzpzError
 from ..hosts import detect_machine
 
 CONFIG_MODULE = "ezpz.conf"
@@ -134,6 +135,9 @@ def describe_config_exception(exc: BaseException) -> str:
         if isinstance(inner.__cause__, ConfigError):
             return str(inner.__cause__)
         inner = inner.__cause__
+    kind = _choice_kind(inner)
+    if kind is not None:
+        return str(choice_error(kind, getattr(inner, "value", None), str(inner.full_key)))
     full_key = getattr(inner, "full_key", None) or getattr(exc, "full_key", None)
     text = str(inner).strip().splitlines()
     reason = text[0] if text else type(inner).__name__
@@ -142,6 +146,15 @@ def describe_config_exception(exc: BaseException) -> str:
     if full_key and full_key not in reason:
         return f"{full_key}: {reason}"
     return reason
+
+
+def _choice_kind(exc: BaseException) -> type[Choice] | None:
+    """The choice a rejected value was meant for (OmegaConf keeps the node it checked)."""
+    node = getattr(exc, "child_node", None)
+    current = node._value() if node is not None and hasattr(node, "_value") else None
+    if isinstance(current, Choice) and getattr(exc, "full_key", None):
+        return type(current)
+    return None
 
 
 def compose(config_name: str, overrides: Sequence[str] = ()) -> Any:
@@ -173,7 +186,9 @@ def to_settings(cfg: Any, keys: Sequence[str] | None = None) -> Any:
 
 
 def validate_overrides(config_name: str, overrides: list[str], multirun: bool) -> Any:
-    """Compose (and convert) once; a bad override raises ConfigError with one line."""
+    """Compose and convert to the schema dataclasses once; a bad override raises ConfigError
+    with one line. Returns the settings, or None when only a Hydra run can resolve the config
+    (``${hydra:...}`` interpolations)."""
     try:
         cfg = compose(config_name, _first_sweep_values(overrides) if multirun else overrides)
     except ConfigError:
@@ -184,26 +199,21 @@ def validate_overrides(config_name: str, overrides: list[str], multirun: bool) -
             return None
         raise ConfigError(describe_config_exception(exc)) from exc
     try:
-        to_settings(cfg)
+        return to_settings(cfg)
     except ConfigError as exc:
         if "HydraConfig was not set" in str(exc):
             return None
         raise
-    return cfg
 
 
-def with_repeat_sweep(overrides: list[str], cfg: Any) -> list[str]:
+def with_repeat_sweep(overrides: list[str], settings: Any) -> list[str]:
     """For a multirun: ``transfer.repeat=k`` (k > 1) adds ``transfer.repeat_index=0,...,k-1``.
 
     Hydra then runs every sweep point k times, each repeat its own job (repeats of a point run
     one after the other), and the sweep summary takes medians over them. Left alone when the
     config has no ``transfer``, repeat is 1, or the user set ``transfer.repeat_index``.
     """
-    from omegaconf import OmegaConf
-
-    if cfg is None:
-        return list(overrides)
-    repeat = OmegaConf.select(cfg, "transfer.repeat", default=None)
+    repeat = getattr(getattr(settings, "transfer", None), "repeat", 1)
     if not isinstance(repeat, int) or isinstance(repeat, bool) or repeat <= 1:
         return list(overrides)
     if any(o.partition("=")[0].lstrip("+~") == "transfer.repeat_index" for o in overrides):
@@ -301,12 +311,20 @@ def run_hydra(config_name: str, task: Callable[[Any], int | None], argv: list[st
     return holder["rc"]
 
 
+#: Flags that print something instead of running the app.
+_INFO_FLAGS = {"--cfg", "-c", "--info", "-i", "--hydra-help", "--version",
+               "--shell-completion", "-sc"}
+
+
 def standard_main(*, prog: str, description: str, config_name: str, groups: Sequence[str],
                   task: Callable[[Any], int | None], argv: Sequence[str] | None,
                   examples: Sequence[str] = (), detect: bool = True,
-                  config_in_help: bool = True) -> int:
-    """The shared shape of every ezpz CLI (``config_in_help``: --help also prints the
-    composed config)."""
+                  config_in_help: bool = True,
+                  preflight: Callable[[Any], None] | None = None) -> int:
+    """The shared shape of every ezpz CLI: argv → one composition checked and converted to
+    the schema dataclasses (a bad value: one line, exit 2, no run directory) → ``preflight``
+    on those settings for a single run (the app's own checks before anything is written) →
+    Hydra runs ``task``. ``config_in_help``: --help also prints the composed config."""
     args = list(sys.argv[1:] if argv is None else argv)
     split = split_argv(args)
     overrides = split.overrides
@@ -321,13 +339,16 @@ def standard_main(*, prog: str, description: str, config_name: str, groups: Sequ
             or "--shell-completion" in split.flags:
         return run_hydra(config_name, task, split.flags + overrides, prog)
     try:
-        cfg = validate_overrides(config_name, overrides, split.multirun)
-    except ConfigError as exc:
+        settings = validate_overrides(config_name, overrides, split.multirun)
+        if preflight is not None and settings is not None and not split.multirun \
+                and not any(f in _INFO_FLAGS for f in split.flags):
+            preflight(settings)
+    except EzpzError as exc:
         if ezlog.debug_enabled():
             traceback.print_exc()
-        return fail(str(exc), EXIT_USAGE)
+        return fail(str(exc), exc.exit_code)
     if split.multirun:
-        overrides = with_repeat_sweep(overrides, cfg)
+        overrides = with_repeat_sweep(overrides, settings)
     if detected is not None and "--cfg" not in split.flags and "-c" not in split.flags:
         ezlog.get_logger("ezpz.cli").info("machine=auto resolved to %s", detected)
     return run_hydra(config_name, guard(task), split.flags + overrides, prog)

@@ -17,7 +17,7 @@ EXAMPLES = (
 
 
 def task(cfg: Any) -> int:
-    from ..tar_env import pack
+    from ..pack import pack
 
     path = pack(to_settings(cfg))
     # The last line on stdout is the archive path, for scripts to capture.

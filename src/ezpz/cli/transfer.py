@@ -1,12 +1,15 @@
 """Entry point of the per-node worker, ``python -m ezpz.transfer``.
 
-Two command lines::
+Three command lines::
 
-    python -m ezpz.transfer [hydra overrides ...]             # config 'yeet'
+    python -m ezpz.transfer --spec FILE [--run-dir DIR]          # how ezpz-yeet-env starts it
     python -m ezpz.transfer --config-file FILE [--run-dir DIR] [key=value ...]
+    python -m ezpz.transfer [hydra overrides ...]                # config 'yeet'
 
-The second is how ``ezpz-yeet-env`` starts it on every node: FILE is the run's resolved
-config, merged onto the schema without Hydra (fast, and no re-parsing of the user's argv).
+``--spec`` is the run's :class:`~ezpz.transfer.WorkerSpec` (JSON, written by the launcher:
+backend decided, paths absolute, sizes in bytes); ranks read it without Hydra or OmegaConf.
+``--config-file`` takes a YAML config of the ``yeet`` schema (e.g. a run's saved config)
+and resolves it on each rank; the last form composes with Hydra.
 """
 
 from __future__ import annotations
@@ -15,23 +18,30 @@ import sys
 from typing import Any, Optional, Sequence
 
 from ..errors import EXIT_USAGE, ConfigError
-from ..transfer import run_transfer
 
 DESCRIPTION = "per-node worker: receive the broadcast archive and install it on this node"
 EXAMPLES = (
     "mpiexec -n 4 -ppn 1 python -m ezpz.transfer transfer.src=/lus/envs/env.tar.zst",
     "torchrun --nnodes 2 --nproc-per-node 1 -m ezpz.transfer transfer.src=env.tar.zst",
-    "python -m ezpz.transfer --config-file outputs/yeet/.../config.yaml --run-dir outputs/yeet/...",
+    "python -m ezpz.transfer --spec outputs/yeet/.../worker-spec.json --run-dir outputs/yeet/...",
 )
+_USAGE = ("use --spec FILE [--run-dir DIR], or --config-file FILE [--run-dir DIR] "
+          "[key=value ...]")
+
+
+def _run(spec: Any, run_dir: Optional[str]) -> int:
+    from ..transfer import run_transfer
+
+    result = run_transfer(spec, run_dir=run_dir)
+    return result.exit_code if result is not None else 0
 
 
 def _settings_task(cfg: Any, run_dir: Optional[str]) -> int:
+    from ..transfer import spec_for
     from .common import to_settings
 
     settings = to_settings(cfg)
-    result = run_transfer(settings.transfer, run_dir=run_dir, machine=settings.machine,
-                          launcher_name=settings.launcher.name)
-    return result.exit_code if result is not None else 0
+    return _run(spec_for(settings.transfer, machine=settings.machine), run_dir)
 
 
 def _hydra_task(cfg: Any) -> int:
@@ -40,53 +50,71 @@ def _hydra_task(cfg: Any) -> int:
     return _settings_task(cfg, HydraConfig.get().runtime.output_dir)
 
 
-def main_config_file(argv: Sequence[str]) -> int:
-    """``--config-file FILE [--run-dir DIR] [key=value ...]`` without Hydra."""
-    from .common import describe_config_exception, fail, guard
-
-    args = list(argv)
-    config_file = run_dir = None
+def _parse(argv: Sequence[str]) -> tuple[dict[str, Optional[str]], list[str]]:
+    """``--spec``/``--config-file``/``--run-dir`` (``--k v`` or ``--k=v``) and overrides."""
+    opts: dict[str, Optional[str]] = {"spec": None, "config-file": None, "run-dir": None}
     overrides: list[str] = []
-    it = iter(args)
+    it = iter(argv)
     for a in it:
-        if a == "--config-file" or a.startswith("--config-file="):
-            config_file = a.split("=", 1)[1] if "=" in a else next(it, None)
-        elif a == "--run-dir" or a.startswith("--run-dir="):
-            run_dir = a.split("=", 1)[1] if "=" in a else next(it, None)
-        elif "=" in a and not a.startswith("-"):
+        name, eq, value = a.partition("=")
+        if name.startswith("--") and name[2:] in opts:
+            opts[name[2:]] = value if eq else next(it, None)
+            if not opts[name[2:]]:
+                raise ConfigError(f"{name} needs a value ({_USAGE})")
+        elif eq and not a.startswith("-"):
             overrides.append(a)
         else:
-            return fail(f"unexpected argument {a!r} (use --config-file FILE [--run-dir DIR] "
-                        "[key=value ...])", EXIT_USAGE)
-    if not config_file:
-        return fail("--config-file needs a file", EXIT_USAGE)
+            raise ConfigError(f"unexpected argument {a!r} ({_USAGE})")
+    return opts, overrides
+
+
+def _load_config_file(path: str, overrides: list[str]) -> Any:
+    from omegaconf import OmegaConf
+
+    from ..config import YeetConfig
+    from .common import describe_config_exception
+
+    try:
+        base = OmegaConf.structured(YeetConfig)
+        loaded = OmegaConf.load(path)
+        if hasattr(loaded, "pop"):
+            loaded.pop("hydra", None)
+        return OmegaConf.merge(base, loaded, OmegaConf.from_dotlist(overrides))
+    except FileNotFoundError:
+        raise ConfigError(f"--config-file: {path} does not exist") from None
+    except Exception as exc:  # noqa: BLE001 - OmegaConf's errors become one line
+        raise ConfigError(f"--config-file {path}: {describe_config_exception(exc)}") from exc
+
+
+def main_files(argv: Sequence[str]) -> int:
+    """``--spec`` or ``--config-file``: no Hydra run (and with --spec no OmegaConf)."""
+    from .common import fail, guard
+
+    try:
+        opts, overrides = _parse(argv)
+    except ConfigError as exc:
+        return fail(str(exc), EXIT_USAGE)
 
     @guard
     def _go() -> int:
-        from omegaconf import OmegaConf
+        if opts["spec"]:
+            if opts["config-file"] or overrides:
+                raise ConfigError(f"--spec takes no other config ({_USAGE})")
+            from ..transfer import WorkerSpec
 
-        from ..config import YeetConfig
-
-        try:
-            base = OmegaConf.structured(YeetConfig)
-            loaded = OmegaConf.load(config_file)
-            if isinstance(loaded, dict) or hasattr(loaded, "pop"):
-                loaded.pop("hydra", None)  # type: ignore[union-attr]
-            cfg = OmegaConf.merge(base, loaded, OmegaConf.from_dotlist(overrides))
-        except FileNotFoundError:
-            raise ConfigError(f"--config-file: {config_file} does not exist") from None
-        except Exception as exc:  # noqa: BLE001
-            raise ConfigError(f"--config-file {config_file}: "
-                              f"{describe_config_exception(exc)}") from exc
-        return _settings_task(cfg, run_dir)
+            return _run(WorkerSpec.read(opts["spec"]), opts["run-dir"])
+        if not opts["config-file"]:
+            raise ConfigError(f"no config given ({_USAGE})")
+        return _settings_task(_load_config_file(opts["config-file"], overrides),
+                              opts["run-dir"])
 
     return _go()
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
-    if any(a == "--config-file" or a.startswith("--config-file=") for a in args):
-        return main_config_file(args)
+    if any(a.split("=", 1)[0] in ("--spec", "--config-file", "--run-dir") for a in args):
+        return main_files(args)
     from .common import standard_main
 
     return standard_main(prog="python -m ezpz.transfer", description=DESCRIPTION,

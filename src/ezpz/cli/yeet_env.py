@@ -2,9 +2,10 @@
 
 One run: compose the config, check ``transfer.src`` (pack the environment first when it is
 a directory or omitted), find the job's nodes, build a launch command with one process per
-node, start ``python -m ezpz.transfer`` on every node with this run's *resolved* config
-(saved next to Hydra's own copy), filter the machine's log noise, then say how to activate
-the delivered environment and exit with the worker's status.
+node, start ``python -m ezpz.transfer --spec <run dir>/worker-spec.json`` on every node (the
+run resolved once into a typed :class:`~ezpz.transfer.WorkerSpec`), filter the machine's log
+noise, then say how to activate the delivered environment and exit with the worker's
+status.
 
 The original flags still work: ``ezpz-yeet-env --src X [--dst Y] [--d] [--chunk_size N]
 [--overwrite]`` (translated to ``transfer.*`` overrides).
@@ -12,18 +13,16 @@ The original flags still work: ``ezpz-yeet-env --src X [--dst Y] [--d] [--chunk_
 
 from __future__ import annotations
 
-import copy
 import json
-import os
 import re
 import sys
-import traceback
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from ..config import YeetConfig
+from ..config import Backend, YeetConfig
 from ..errors import EXIT_FAILURE, ConfigError, EzpzError
-from ..log import debug_enabled, get_logger
+from ..jobenv import resolve_backend
+from ..log import get_logger
 from .common import fail, standard_main, to_settings
 
 DESCRIPTION = "deliver an environment archive to node-local /tmp on every node of the job"
@@ -34,9 +33,6 @@ EXAMPLES = (
     "ezpz-yeet-env -m transfer.src=env.tar.zst transfer.chunk_size=4MiB,16MiB,64MiB",
     "ezpz-yeet-env --src env.tar.zst --dst /tmp/env   (original flags)",
 )
-#: The resolved config handed to the worker, in the run directory.
-RESOLVED_CONFIG = "ezpz-yeet.yaml"
-RESULTS_FILE = "results.json"
 
 log = get_logger(__name__)
 
@@ -88,17 +84,6 @@ def translate_compat(argv: Sequence[str]) -> list[str]:
 # --------------------------------------------------------------------------------------
 # the run
 # --------------------------------------------------------------------------------------
-def resolve_backend(launcher_name: str, backend: str) -> str:
-    """``auto`` → ``torch`` under torchrun (its processes are not one MPI job), else ``mpi``."""
-    if launcher_name == "torchrun":
-        if backend == "mpi":
-            raise ConfigError("transfer.backend=mpi cannot be used with launcher=torchrun "
-                              "(torchrun's processes are not one MPI job): use "
-                              "transfer.backend=torch or auto, or launcher=mpiexec")
-        return "torch"
-    return "mpi" if backend == "auto" else backend
-
-
 def check_src(src: Optional[str]) -> tuple[Optional[Path], Optional[Path]]:
     """``(archive, env_to_pack)``: an existing file is the archive; a directory (or nothing:
     the running environment) must be packed first. A missing path is a ConfigError."""
@@ -124,19 +109,16 @@ def check_src(src: Optional[str]) -> tuple[Optional[Path], Optional[Path]]:
 
 
 def _pack(settings: YeetConfig, prefix: Path, dry_run: bool) -> Path:
-    try:
-        from .. import tar_env
-    except ImportError as exc:  # pragma: no cover - the packer ships with ezpz
-        raise ConfigError(f"transfer.src: {prefix} must be packed first, but the packer is "
-                          f"not available ({exc}); run ezpz-tar-env and give the archive") from exc
+    from .. import pack
+
     if dry_run:
-        out = tar_env.resolve_output(settings.tar_env.archive.path, prefix,
-                                     settings.tar_env.archive.codec)
+        out = pack.resolve_output(settings.tar_env.archive.path, prefix,
+                                  settings.tar_env.archive.codec)
         log.info("dry run: would pack %s into %s first", prefix, out)
         return Path(out)
     log.info("packing %s first (transfer.src is %s)", prefix,
              "a directory" if settings.transfer.src else "not given")
-    return Path(tar_env.pack(settings.tar_env, prefix=str(prefix)))
+    return Path(pack.pack(settings.tar_env, prefix=str(prefix)))
 
 
 def _run_dir() -> Path:
@@ -150,64 +132,37 @@ def _run_dir() -> Path:
         return Path(tempfile.mkdtemp(prefix="ezpz-yeet-"))
 
 
-def worker_argv(config_file: Path, run_dir: Path) -> list[str]:
-    return [sys.executable, "-m", "ezpz.transfer", "--config-file", str(config_file),
+def worker_argv(spec_file: Path, run_dir: Path) -> list[str]:
+    return [sys.executable, "-m", "ezpz.transfer", "--spec", str(spec_file),
             "--run-dir", str(run_dir)]
 
 
-def _activation(results: dict[str, Any], archive: Optional[Path]) -> Optional[str]:
-    dst = results.get("dst")
-    if not dst:
-        return None
-    kind = results.get("kind")
-    if not kind and archive is not None:
-        try:
-            from ..archive import read_manifest
-
-            manifest = read_manifest(archive)
-            kind = manifest.kind if manifest else None
-        except Exception:  # noqa: BLE001 - the hint is a courtesy
-            kind = None
-    try:
-        from ..relocate import activation_hint
-
-        return activation_hint(kind or "venv", dst)
-    except ImportError:
-        return f"source {dst}/bin/activate"
-
-
 def task(cfg: Any) -> int:
-    from omegaconf import OmegaConf, open_dict
-
     from ..launch import plan_launch, run_plan
+    from ..transfer import SPEC_FILE, spec_for
 
     settings: YeetConfig = to_settings(cfg)
     launcher = settings.launcher
-    backend = resolve_backend(launcher.name, settings.transfer.backend)
+    backend = resolve_backend(settings.transfer.backend, launcher.name)
     archive, to_pack = check_src(settings.transfer.src)
     run_dir = _run_dir().resolve()
-    config_file = run_dir / RESOLVED_CONFIG
+    spec_file = run_dir / SPEC_FILE
     # Hosts, GPUs and the command are checked before anything slow (packing) happens.
-    plan = plan_launch(settings.machine, launcher, worker_argv(config_file, run_dir),
+    plan = plan_launch(settings.machine, launcher, worker_argv(spec_file, run_dir),
                        one_per_host=True, workdir=str(run_dir))
-    if backend == "torch" and launcher.name != "torchrun":
+    if backend is Backend.torch and launcher.name != "torchrun":
         # torch.distributed without torchrun (mpiexec/srun): rendezvous on the first node.
         plan.env.setdefault("MASTER_ADDR", "localhost" if plan.local_only else plan.hosts[0])
         plan.env.setdefault("MASTER_PORT", str(launcher.rdzv_port))
     if to_pack is not None:
         archive = _pack(settings, to_pack, launcher.dry_run)
     assert archive is not None
-    resolved = copy.deepcopy(cfg)
-    with open_dict(resolved):
-        resolved.transfer.src = str(archive)
-        resolved.transfer.backend = backend
-        if resolved.launcher.hostfile:
-            resolved.launcher.hostfile = os.path.abspath(resolved.launcher.hostfile)
+    spec = spec_for(settings.transfer, machine=settings.machine, launcher=launcher.name,
+                    src=str(archive))
     run_dir.mkdir(parents=True, exist_ok=True)
-    # resolve=True: ${now:...} or ${hydra:...} are decided once here, not again on every node
-    config_file.write_text(OmegaConf.to_yaml(resolved, resolve=True))
-    log.info("transfer of %s with backend=%s to %d nodes; resolved config: %s", archive,
-             backend, plan.topology.nhosts, config_file)
+    spec.write(str(spec_file))
+    log.info("transfer of %s with backend=%s to %d nodes; worker spec: %s", archive,
+             spec.backend, plan.topology.nhosts, spec_file)
     rc = run_plan(plan, dry_run=launcher.dry_run)
     if launcher.dry_run:
         return rc
@@ -215,6 +170,9 @@ def task(cfg: Any) -> int:
 
 
 def _finish(run_dir: Path, rc: int, archive: Optional[Path]) -> int:
+    from ..transfer import RESULTS_FILE
+    from ..transfer.results import activation_for
+
     results_path = run_dir / RESULTS_FILE
     if not results_path.exists():
         log.error("the transfer wrote no %s (launcher exit code %d)", results_path, rc)
@@ -233,36 +191,35 @@ def _finish(run_dir: Path, rc: int, archive: Optional[Path]) -> int:
     if code == 0 and rc != 0:
         code = rc
     if code == 0:
-        hint = _activation(results, archive)
+        hint = activation_for(results, _archive_kind(archive))
         if hint:
             print(f"activate the delivered environment on each node with: {hint}")
     log.info("results: %s (status %s, exit code %d)", results_path, status, code)
     return code
 
 
-_INFO_FLAGS = {"--help", "-h", "--cfg", "-c", "--hydra-help", "--version", "--info", "-i",
-               "--shell-completion", "-sc", "-m", "--multirun"}
+def _archive_kind(archive: Optional[Path]) -> Optional[str]:
+    if archive is None:
+        return None
+    from ..errors import ArchiveError
+    from ..formats.manifest import read_manifest
+
+    try:
+        manifest = read_manifest(archive)
+    except ArchiveError:  # the hint is a courtesy
+        return None
+    return manifest.kind if manifest else None
 
 
-def preflight(args: Sequence[str]) -> None:
-    """Check what a user can get wrong (config, transfer.src, backend, hosts) before Hydra
-    creates a run directory: a refused run writes and starts nothing."""
+def preflight(settings: YeetConfig) -> None:
+    """Check what a user can get wrong (transfer.src, backend, hosts) before Hydra creates a
+    run directory: a refused run writes and starts nothing."""
     from ..hosts import discover_hosts
     from ..launch import resolve_topology
-    from .common import resolve_machine, split_argv, validate_overrides
-
-    split = split_argv(args)
-    if any(f in _INFO_FLAGS for f in split.flags):
-        return  # help, printing the config and sweeps are checked by standard_main
-    overrides, _ = resolve_machine(split.overrides)
-    composed = validate_overrides("yeet", overrides, False)
-    if composed is None:
-        return  # ${hydra:...} in an override: only a Hydra run can check it
-    settings: YeetConfig = to_settings(composed)
-    resolve_backend(settings.launcher.name, settings.transfer.backend)
-    archive, _ = check_src(settings.transfer.src)
     from ..transfer import check_user_paths
 
+    resolve_backend(settings.transfer.backend, settings.launcher.name)
+    archive, _ = check_src(settings.transfer.src)
     check_user_paths(settings.transfer, str(archive) if archive else None)
     hosts = discover_hosts(settings.launcher.hostfile, warn=False)  # the launch warns once
     resolve_topology(ngpus=None, nhosts=settings.launcher.nhosts, ngpu_per_host=1,
@@ -280,14 +237,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     try:
         args = translate_compat(args)
-        preflight(args)
     except EzpzError as exc:
-        if debug_enabled():
-            traceback.print_exc()
         return fail(str(exc), exc.exit_code)
     return standard_main(prog="ezpz-yeet-env", description=DESCRIPTION, config_name="yeet",
                          groups=("machine", "launcher", "transfer"), task=task, argv=args,
-                         examples=EXAMPLES)
+                         examples=EXAMPLES, preflight=preflight)
 
 
 if __name__ == "__main__":

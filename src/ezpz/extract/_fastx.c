@@ -1,5 +1,5 @@
 /*
- * ezpz._fastx: the common case of the checked tar extraction, in C.
+ * ezpz.extract._fastx: the common case of the checked tar extraction, in C.
  *
  * extract.SafeExtractor hands over the decoded block it is reading and the offset of the next
  * header. run() writes consecutive members that need nothing but the plainest handling and
@@ -384,7 +384,7 @@ static PyMethodDef methods[] = {
 };
 
 static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "ezpz._fastx",
+    PyModuleDef_HEAD_INIT, "ezpz.extract._fastx",
     "The common case of ezpz's checked tar extraction, in C (see extract.py).", -1, methods,
 };
 

@@ -5,7 +5,7 @@
 - finds the environment (``env.prefix`` or the running interpreter's) and what kind it is
   (conda: ``conda-meta/``; venv: ``pyvenv.cfg``; anything else is packed as plain data);
 - reuses an archive whose manifest says it is up to date with the environment;
-- streams the tree into a temporary file next to the archive (``archive.write_archive``:
+- streams the tree into a temporary file next to the archive (``writer.write_archive``:
   manifest first, prefix scan while compressing) and renames it into place on success, so an
   interrupted run never leaves a truncated archive under the final name.
 """
@@ -25,11 +25,16 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Optional
 
-from . import __version__, archive, codecs
-from .config import ArchiveSpec, EnvSpec, TarEnvConfig, format_size
-from .errors import ArchiveError, ConfigError
-from .log import get_logger
-from .manifest import BUNDLED_PYTHON_RELPATH, MANIFEST_RELPATH, Manifest
+from .. import __version__
+from ..config import ArchiveSpec, EnvSpec, TarEnvConfig, format_size
+from ..envkind import detect_kind
+from ..errors import ArchiveError, ConfigError
+from ..formats import codecs
+from ..formats.manifest import BUNDLED_PYTHON_RELPATH, MANIFEST_RELPATH, Manifest, read_manifest
+from ..log import get_logger
+from . import tree as archive_tree
+from . import writer as archive
+from .sinks import default_level
 
 logger = get_logger(__name__)
 
@@ -43,16 +48,6 @@ _TOP_KEYS = {"exclude", "overwrite", "skip_unreadable"}
 # --------------------------------------------------------------------------------------
 # the environment
 # --------------------------------------------------------------------------------------
-def detect_kind(prefix: str | os.PathLike[str]) -> str:
-    """``conda`` (has ``conda-meta/``), ``venv`` (has ``pyvenv.cfg``) or ``data``."""
-    p = Path(prefix)
-    if (p / "conda-meta").is_dir():
-        return "conda"
-    if (p / "pyvenv.cfg").is_file():
-        return "venv"
-    return "data"
-
-
 def read_pyvenv_cfg(prefix: str | os.PathLike[str]) -> dict[str, str]:
     out: dict[str, str] = {}
     try:
@@ -243,7 +238,7 @@ class Progress:
 # --------------------------------------------------------------------------------------
 # pack
 # --------------------------------------------------------------------------------------
-def _tree_digest(tree: archive.Tree) -> str:
+def _tree_digest(tree: archive_tree.Tree) -> str:
     import xxhash
 
     h = xxhash.xxh3_64()
@@ -272,12 +267,12 @@ def pack(cfg: Optional[TarEnvConfig] = None, **overrides: Any) -> Path:
     t0 = time.monotonic()
     cfg = _settings(cfg, overrides)
     codec = cfg.archive.codec
-    level = archive.default_level(codec) if cfg.archive.level is None else cfg.archive.level
+    level = default_level(codec) if cfg.archive.level is None else cfg.archive.level
     prefix = resolve_prefix(cfg.env.prefix)
     kind = detect_kind(prefix)
     name = prefix.name
     out = resolve_output(cfg.archive.path, prefix, codec)
-    excluded = archive.compile_excludes(cfg.exclude)
+    excluded = archive_tree.compile_excludes(cfg.exclude)
     if kind == "data":
         logger.info("%s is neither a venv nor a conda environment: packing it as plain data "
                     "(no relocation metadata)", prefix)
@@ -286,10 +281,10 @@ def pack(cfg: Optional[TarEnvConfig] = None, **overrides: Any) -> Path:
 
     # The manifest of an environment that was itself unpacked from an ezpz archive is
     # replaced by the new one, never duplicated.
-    tree = archive.walk_tree(str(prefix), name, excluded, skip={MANIFEST_RELPATH})
+    tree = archive_tree.walk_tree(str(prefix), name, excluded, skip={MANIFEST_RELPATH})
     bundled = None
     if bundle_root is not None:
-        bundled = archive.walk_tree(bundle_root, f"{name}/{BUNDLED_PYTHON_RELPATH}",
+        bundled = archive_tree.walk_tree(bundle_root, f"{name}/{BUNDLED_PYTHON_RELPATH}",
                                     record=False)
     _check_readable(tree, bundled, cfg.skip_unreadable)
     for special in tree.skipped_special + (bundled.skipped_special if bundled else []):
@@ -415,7 +410,7 @@ def _check_interpreter(prefix: Path, kind: str, facts: PythonFacts,
     return None
 
 
-def _check_readable(tree: archive.Tree, bundled: Optional[archive.Tree], skip: bool) -> None:
+def _check_readable(tree: archive_tree.Tree, bundled: Optional[archive_tree.Tree], skip: bool) -> None:
     bad = tree.unreadable + (bundled.unreadable if bundled else [])
     if not bad:
         return
@@ -432,7 +427,7 @@ def _reusable(out: Path, source: dict[str, Any], overwrite: bool) -> bool:
     if not out.exists():
         return False
     try:
-        found = archive.read_manifest(out)
+        found = read_manifest(out)
     except ArchiveError:
         found = None
     if found is None:

@@ -7,8 +7,13 @@ from __future__ import annotations
 
 import json
 import os
+import tarfile
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
+
+from ..errors import ArchiveError
+from .codecs import open_file
 
 FORMAT_VERSION = 1
 #: Path of the manifest inside the environment (and, under the top directory, in the archive).
@@ -17,6 +22,8 @@ MANIFEST_RELPATH = ".ezpz/manifest.json"
 BUNDLED_PYTHON_RELPATH = ".ezpz/python"
 
 KINDS = ("venv", "conda", "data")
+#: Longest manifest accepted by read_manifest (a corrupt header must not make us allocate GBs).
+MANIFEST_MAX = 256 * 1024 * 1024
 
 
 @dataclass
@@ -75,3 +82,58 @@ class Manifest:
             return None
         with open(path, "rb") as fh:
             return cls.from_json(fh.read())
+
+
+def read_manifest(path: str | os.PathLike[str]) -> Optional[Manifest]:
+    """The manifest of an archive, or None when its first member is not an ezpz manifest.
+
+    Only the start of the archive is decoded. Raises :class:`ArchiveError` when the file
+    cannot be read or is not a tar archive in a known codec.
+    """
+    try:
+        stream, _codec, fh = open_file(path)
+    except OSError as exc:
+        raise ArchiveError(f"{path}: cannot read ({exc.strerror})") from exc
+    try:
+        with tarfile.open(fileobj=stream, mode="r|") as tf:
+            first = tf.next()
+            if first is None or not first.isfile():
+                return None
+            parts = first.name.split("/")
+            if len(parts) != 3 or "/".join(parts[1:]) != MANIFEST_RELPATH:
+                return None
+            if first.size > MANIFEST_MAX:
+                raise ArchiveError(f"{path}: manifest member is implausibly large "
+                                   f"({first.size} bytes); the archive is corrupt")
+            fobj = tf.extractfile(first)
+            data = fobj.read() if fobj is not None else b""
+        return Manifest.from_json(data)
+    except ArchiveError:
+        raise
+    except (tarfile.TarError, EOFError, ValueError, TypeError, OSError) as exc:
+        raise ArchiveError(f"{path}: not a readable ezpz archive ({exc})") from exc
+    except Exception as exc:  # zstandard.ZstdError and friends
+        if type(exc).__module__.startswith("zstandard"):
+            raise ArchiveError(f"{path}: corrupt zstd data ({exc})") from exc
+        raise
+    finally:
+        try:
+            stream.close()
+        finally:
+            fh.close()
+
+
+def iter_members(path: str | os.PathLike[str]) -> Iterator[tuple[tarfile.TarInfo, Optional[bytes]]]:
+    """(TarInfo, data or None) for every member, streaming (tests and tools)."""
+    stream, _codec, fh = open_file(path)
+    try:
+        with tarfile.open(fileobj=stream, mode="r|") as tf:
+            for info in tf:
+                fobj = tf.extractfile(info) if info.isfile() else None
+                data = fobj.read() if fobj is not None else None
+                yield info, data
+    finally:
+        stream.close()
+        fh.close()
+
+

@@ -1,0 +1,94 @@
+"""Small filesystem helpers every wing uses: whole writes, free space, removal, memory."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from typing import Any, Optional
+
+
+def write_all(fd: int, data: Any) -> None:
+    """Write every byte of ``data`` to ``fd`` (``os.write`` may write less than asked)."""
+    view = memoryview(data).cast("B")
+    while len(view):
+        view = view[os.write(fd, view):]
+
+
+def free_bytes(path: str) -> Optional[int]:
+    """Bytes an unprivileged user may still write under ``path``; None when unknown
+    (pseudo filesystems report no size)."""
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return None
+    if not st.f_blocks:
+        return None
+    return st.f_bavail * st.f_frsize
+
+
+def is_readonly(path: str) -> bool:
+    """Whether ``path`` lies on a filesystem mounted read-only."""
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+
+
+def remove(path: str) -> None:
+    """Remove a file, symlink or directory tree; missing is fine. Retries briefly (a file
+    still being closed by another thread)."""
+    for _ in range(3):
+        try:
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path)
+            else:
+                os.unlink(path)
+            return
+        except FileNotFoundError:
+            return
+        except OSError:
+            time.sleep(0.05)
+
+
+def write_json_atomic(path: str, obj: Any, indent: Optional[int] = 1) -> None:
+    """``obj`` as JSON at ``path``, through a temporary file renamed over it."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as fh:
+        json.dump(obj, fh, indent=indent)
+    os.replace(tmp, path)
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set (VmHWM) in MB."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:  # pragma: no cover - not Linux
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def current_umask() -> Optional[int]:
+    """The process's umask, read without changing it (Linux); None when unknown."""
+    try:
+        with open("/proc/self/status", "rb") as fh:
+            for line in fh:
+                if line.startswith(b"Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def cpu_count() -> int:
+    """The cores this process may run on (its affinity mask), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)

@@ -1,0 +1,169 @@
+"""Make a venv or conda environment work at its new prefix.
+
+An environment unpacked somewhere else still names its old absolute prefix in activate
+scripts, script shebangs, ``pyvenv.cfg``, conda's text files and some binaries. Without a
+rewrite ``/tmp/env/bin/pip`` silently runs the interpreter on the shared filesystem.
+
+:func:`relocate` rewrites the old prefix to the new one:
+
+- text files: plain replacement of the prefix (only where it ends a path component, so
+  ``/a/env`` never matches inside ``/a/env2``); shebangs are rebuilt the way pip writes
+  them: ``#!<python>`` when it fits the kernel's 127-byte limit and has no whitespace,
+  else the ``#!/bin/sh`` + ``'''exec'`` trampoline, whichever the new path needs;
+- binary files: conda's rule — each NUL-terminated string holding the prefix is rewritten
+  in place and padded with NULs so that the file keeps its length; a new prefix longer than
+  the old one cannot fit and is refused before any file is touched;
+- ``conda-meta/*.json``: path records, leaving the packages' ``prefix_placeholder`` alone;
+- symlinks whose absolute target lies under the old prefix become relative links;
+- an interpreter bundled under ``.ezpz/python`` (``bundle_python=true`` in tar-env): the
+  venv's ``home``/``executable`` keys and ``bin/python*`` links are pointed at it, and its
+  absolute library run path is replaced by an ``$ORIGIN``-relative one.
+
+Every changed file is first written next to itself under a temporary name (mode kept); only
+when all of them are written are they renamed into place, so an error leaves the tree as it
+was. The transfer worker calls this on each node's staging directory with ``new_prefix`` set
+to the final destination, before the atomic rename.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from ..envkind import activation_hint
+from ..errors import RelocateError
+from ..formats.manifest import BUNDLED_PYTHON_RELPATH, MANIFEST_RELPATH, Manifest
+from ..log import get_logger
+from .detect import scan_prefix_files, detect_env
+from .plan import Plan
+from .rewrite import FORBIDDEN_IN_PREFIX
+
+log = get_logger(__name__)
+
+__all__ = ["RelocateReport", "relocate", "detect_env", "activation_hint"]
+
+
+@dataclass
+class RelocateReport:
+    """What :func:`relocate` did."""
+
+    kind: str  # venv | conda | data
+    old_prefix: Optional[str]
+    new_prefix: str
+    files_rewritten: int
+    seconds: float
+    scanned: bool  # True when there was no manifest and the tree was scanned for the prefix
+    links_repointed: int = 0
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def relocate(root: str | os.PathLike[str], new_prefix: str | os.PathLike[str] | None = None,
+             manifest: Optional[Manifest] = None, *, old_prefix: str | None = None) -> RelocateReport:
+    """Rewrite the environment unpacked at ``root`` so that it works at ``new_prefix``.
+
+    ``root`` is where the tree is now; ``new_prefix`` where it will be used (default: ``root``).
+    ``manifest`` defaults to ``<root>/.ezpz/manifest.json``; without one the kind and old
+    prefix are detected (or taken from ``old_prefix``) and the tree is scanned, which reads
+    every file and is slower. Raises :class:`RelocateError` with nothing changed when the
+    environment cannot be relocated.
+    """
+    t0 = time.perf_counter()
+    root_s = os.fspath(root)
+    if not os.path.isdir(root_s):
+        raise RelocateError(f"cannot relocate {root_s}: not a directory")
+    root_p = Path(os.path.abspath(root_s))
+    new = os.path.normpath(os.path.abspath(os.fspath(new_prefix) if new_prefix is not None else root_s))
+    _check_new_prefix(new)
+
+    if manifest is None:
+        try:
+            manifest = Manifest.load(root_p)
+        except (OSError, ValueError, TypeError) as exc:
+            raise RelocateError(f"cannot read {root_p / MANIFEST_RELPATH}: {exc}") from None
+
+    scanned = False
+    bundled: Optional[str] = None
+    if manifest is not None:
+        kind, old = manifest.kind, old_prefix or manifest.prefix
+        bundled = manifest.bundled_python_prefix
+        entries = [(p.path, p.mode) for p in manifest.prefix_files]
+    else:
+        kind, found = detect_env(root_p)
+        old = old_prefix or found
+        entries = []
+    if kind not in ("venv", "conda", "data"):
+        raise RelocateError(f"cannot relocate {root_p}: unknown environment kind {kind!r}")
+    if kind == "data":
+        return RelocateReport(kind, old, new, 0, time.perf_counter() - t0, False)
+    if not old:
+        raise RelocateError(f"cannot relocate {root_p}: no manifest and no old prefix found in "
+                            "bin/activate, pyvenv.cfg or script shebangs; pass --from OLD_PREFIX")
+    old = os.path.normpath(old)
+    if not os.path.isabs(old) or old == os.sep:
+        raise RelocateError(f"cannot relocate {root_p}: old prefix {old!r} is not an absolute "
+                            "path below /")
+    if bundled:
+        bundled = os.path.normpath(bundled)
+        if not (root_p / BUNDLED_PYTHON_RELPATH).is_dir():
+            raise RelocateError(f"cannot relocate {root_p}: the manifest names a bundled "
+                                f"interpreter but {BUNDLED_PYTHON_RELPATH}/ is missing")
+
+    if manifest is None:
+        scanned = True
+        log.info("%s has no manifest: scanning every file for %s (slower than an archive made "
+                 "by ezpz-tar-env)", root_p, old)
+        entries = scan_prefix_files(root_p, old)
+
+    plan = Plan(root_p, old, new, bundled)
+    plan.add_entries(entries)
+    if kind == "venv":
+        plan.add_venv_extras()
+    if bundled:
+        plan.add_bundled_extras()
+    plan.add_links(full_walk=scanned)
+    if manifest is not None and (root_p / MANIFEST_RELPATH).is_file():
+        # The manifest now describes the tree where it lives, so relocating again works. The
+        # packer's facts about the original tree (paths, mtimes) do not describe this copy.
+        moved = dataclasses.replace(manifest, prefix=new,
+                                    bundled_python_prefix=plan.bundled_new if bundled else None,
+                                    source={})
+        plan.writes[MANIFEST_RELPATH] = moved.to_json().encode()
+    rewritten, links = plan.execute()
+
+    seconds = time.perf_counter() - t0
+    log.info("relocated %s %s -> %s: %d files, %d links in %.3fs%s", kind, old, new, rewritten,
+             links, seconds, " (scanned)" if scanned else "")
+    if kind == "venv" and not bundled:
+        _warn_missing_home(root_p)
+    return RelocateReport(kind, old, new, rewritten, seconds, scanned, links)
+
+
+
+
+def _check_new_prefix(new: str) -> None:
+    for ch, what in FORBIDDEN_IN_PREFIX.items():
+        if ch in new:
+            raise RelocateError(f"cannot relocate to {new!r}: the path contains {what}, which "
+                                "activate scripts cannot hold; choose a path without quotes, "
+                                "backslashes, '$', '`' or line breaks")
+
+
+def _warn_missing_home(root: Path) -> None:
+    try:
+        lines = (root / "pyvenv.cfg").read_text(errors="replace").splitlines()
+    except OSError:
+        return
+    for line in lines:
+        key, sep, value = line.partition("=")
+        if sep and key.strip() == "home" and not os.path.isdir(value.strip()):
+            log.warning("pyvenv.cfg: home = %s does not exist on this node; the venv needs that "
+                        "interpreter (pack with env.bundle_python=true to carry it along)",
+                        value.strip())
+
+
