@@ -132,10 +132,18 @@ class SlurmCluster:
 
         Inherited ``SLURM_*`` variables are dropped (the test run itself may sit inside an
         allocation of another cluster); ``SLURM_CONF`` points at this cluster's file.
+
+        MPI between the simulated nodes goes over TCP (``UCX_TLS=tcp,self``), as between real
+        nodes: they share one kernel, and the MPICH wheel's UCX would otherwise pick shared
+        memory across them, whose address exchange through Slurm's PMI2 fails when the ranks
+        of a step reach MPI_Init at nearly the same moment (seen with a worker that starts
+        in ~0.1 s: "mpi/pmi2: value not properly terminated", then UCX "Destination is
+        unreachable").
         """
         env = {k: v for k, v in (os.environ if base is None else base).items()
                if not k.startswith("SLURM_")}
         env["SLURM_CONF"] = str(self.conf)
+        env.setdefault("UCX_TLS", "tcp,self")
         env.update(extra or {})
         return env
 
@@ -155,6 +163,10 @@ class SlurmCluster:
         lines = [
             "# Throwaway test cluster: every path private to this directory, loopback ports.",
             "ClusterName=ezpzsim",
+            # Job ids of every throwaway cluster start somewhere new: MPICH names its shared
+            # memory (/dev/shm/mpich_shm_*) after the job, and a rank killed by a test leaves
+            # its segment behind; a later cluster reusing the same ids would attach to it.
+            f"FirstJobId={secrets.randbelow(1 << 24) + 1000}",
             f"SlurmctldHost={host}(127.0.0.1)",
             f"SlurmctldPort={ctld_port}",
             f"SlurmdPort={node_ports[0]}",
