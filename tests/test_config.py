@@ -11,7 +11,7 @@ from ezpz.cli.common import compose, config_options, resolve_machine, split_argv
     validate_overrides
 from ezpz.config import LaunchConfig, TarEnvConfig, YeetConfig, format_size, parse_size
 from ezpz.errors import ConfigError
-from ezpz.hosts import detect_machine, short_hostname
+from ezpz.launch.hosts import detect_machine, short_hostname
 
 MACHINES = ["local", "aurora", "sunspot", "polaris", "slurm"]
 LAUNCHERS = ["mpiexec", "torchrun", "srun"]

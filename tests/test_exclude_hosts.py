@@ -6,7 +6,7 @@ import pytest
 
 from ezpz.config import LauncherConfig, MachineConfig
 from ezpz.errors import LaunchError
-from ezpz.hosts import HostList, exclude_hosts
+from ezpz.launch.hosts import HostList, exclude_hosts
 from ezpz.launch import plan_launch
 
 HOSTS = ["x4000c0s0b0n0.hostmgmt.cm.aurora.alcf.anl.gov", "x4000c0s1b0n0.hostmgmt.cm.aurora.alcf.anl.gov",

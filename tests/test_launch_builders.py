@@ -19,7 +19,7 @@ import pytest
 from ezpz.cli.common import compose, to_settings
 from ezpz.config import LauncherConfig, MachineConfig
 from ezpz.errors import ConfigError, LaunchError
-from ezpz.hosts import HostList
+from ezpz.launch.hosts import HostList
 from ezpz.launch import (Topology, build_argv, plan_launch, resolve_cpu_bind, resolve_topology,
                          torchrun_argv)
 

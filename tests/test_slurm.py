@@ -38,7 +38,7 @@ print(json.dumps({"rank": comm.rank, "size": comm.size, "host": socket.gethostna
 
 ALLOC_PROBE = r"""
 import json, os
-from ezpz.hosts import detect_machine
+from ezpz.launch.hosts import detect_machine
 print(json.dumps({"nodelist": os.environ.get("SLURM_JOB_NODELIST"),
                   "nnodes": os.environ.get("SLURM_JOB_NUM_NODES"),
                   "machine": detect_machine()}))
@@ -46,7 +46,7 @@ print(json.dumps({"nodelist": os.environ.get("SLURM_JOB_NODELIST"),
 
 DISCOVERY_PROBE = r"""
 import json
-from ezpz.hosts import discover_hosts
+from ezpz.launch.hosts import discover_hosts
 found = discover_hosts()
 print(json.dumps({"hosts": found.hosts, "source": found.source}))
 """

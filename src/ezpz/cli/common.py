@@ -19,7 +19,7 @@ from typing import Any, Callable, Sequence
 
 from .. import log as ezlog
 from ..errors import EXIT_USAGE, ConfigError, EzpzError
-from ..hosts import detect_machine
+from ..launch.hosts import detect_machine
 
 CONFIG_MODULE = "ezpz.conf"
 _HYDRA_VALUE_FLAGS = {"--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd",

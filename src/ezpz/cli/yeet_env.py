@@ -247,7 +247,7 @@ _INFO_FLAGS = {"--help", "-h", "--cfg", "-c", "--hydra-help", "--version", "--in
 def preflight(args: Sequence[str]) -> None:
     """Check what a user can get wrong (config, transfer.src, backend, hosts) before Hydra
     creates a run directory: a refused run writes and starts nothing."""
-    from ..hosts import discover_hosts
+    from ..launch.hosts import discover_hosts
     from ..launch import resolve_topology
     from .common import resolve_machine, split_argv, validate_overrides
 
