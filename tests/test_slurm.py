@@ -262,6 +262,17 @@ def test_ezpz_launch_dry_run_prints_the_srun_command_for_the_allocation(slurm_cl
             "hostname"]
     p = slurm_cluster.salloc(3, argv, cwd=tmp_path)
     assert p.returncode == 0, slurm_cluster.explain(p)
+    # every task runs under ezpz's rank wrapper (whole lines, DDP variables)
+    import shlex
+
+    from ezpz.launch.plan import RANK_WRAPPER
+
+    wrapper = shlex.join([sys.executable, "-S", str(RANK_WRAPPER), "--"])
+    assert p.stdout.strip().splitlines()[-1] == \
+        f"srun -N 3 --ntasks-per-node=1 --mpi=pmi2 {wrapper} hostname"
+    p = slurm_cluster.salloc(3, [*argv[:-2], "launcher.rank_wrapper=false", "--", "hostname"],
+                             cwd=tmp_path)
+    assert p.returncode == 0, slurm_cluster.explain(p)
     assert p.stdout.strip().splitlines()[-1] == \
         "srun -N 3 --ntasks-per-node=1 --mpi=pmi2 hostname"
 

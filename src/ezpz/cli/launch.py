@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import functools
 import sys
+import traceback
 from typing import Any, Sequence
 
-from ..errors import EXIT_USAGE, LaunchError
-from .common import fail, standard_main, to_settings
+from ..errors import EXIT_USAGE, EzpzError, LaunchError
+from ..log import debug_enabled, get_logger
+from .common import (fail, resolve_machine, split_argv, standard_main, to_settings,
+                     validate_overrides)
 
 DESCRIPTION = "run a command on every GPU of the job with the machine's launcher settings"
 EXAMPLES = (
@@ -20,6 +23,7 @@ EXAMPLES = (
     "ezpz-launch launcher.ngpus=8 -- python3 -m my.module",
     "ezpz-launch launcher=torchrun -- train.py",
     "ezpz-launch launcher.dry_run=true -- hostname",
+    "ezpz-launch launcher.retries=2 launcher.spares=1 launcher.idle_timeout=600 -- python3 train.py",
 )
 _NO_COMMAND = "no command to launch: give it after -- (ezpz-launch [overrides] -- cmd ...)"
 _INFO_FLAGS = {"--help", "-h", "--cfg", "-c", "--hydra-help", "--version", "--info", "-i",
@@ -42,8 +46,32 @@ def task(cfg: Any, command: Sequence[str] = ()) -> int:
     cmd = list(command) or [str(c) for c in settings.cmd]
     if not cmd:
         raise LaunchError(_NO_COMMAND)
-    plan = plan_launch(settings.machine, settings.launcher, cmd, workdir=_run_dir())
+    plan = plan_launch(settings.machine, settings.launcher, cmd, workdir=_run_dir(),
+                       wrap_ranks=settings.launcher.rank_wrapper)
     return run_plan(plan, dry_run=settings.launcher.dry_run)
+
+
+def default_launcher(overrides: list[str]) -> list[str]:
+    """``machine=slurm`` (given or detected) without a ``launcher=`` choice: ``launcher=srun``."""
+    keys = {o.partition("=")[0].lstrip("+~"): o.partition("=")[2] for o in overrides}
+    if keys.get("machine") == "slurm" and "launcher" not in keys:
+        return [*overrides, "launcher=srun"]
+    return list(overrides)
+
+
+def preflight(overrides: list[str], command: Sequence[str], multirun: bool) -> None:
+    """What a user can get wrong (config values, hosts, GPU counts, spares, srun outside an
+    allocation) is checked before Hydra makes a run directory: a refused launch writes and
+    starts nothing."""
+    from ..launch import resolve_hosts
+
+    composed = validate_overrides("launch", overrides, multirun)
+    if composed is None or multirun:
+        return  # ${hydra:...} interpolations and sweeps: checked by the run itself
+    settings = to_settings(composed)
+    if not command and not settings.cmd:
+        raise LaunchError(_NO_COMMAND)
+    resolve_hosts(settings.machine, settings.launcher, quiet=True)
 
 
 def split_command(argv: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -58,12 +86,25 @@ def split_command(argv: Sequence[str]) -> tuple[list[str], list[str]]:
 def main(argv: Sequence[str] | None = None) -> int:
     args, command = split_command(sys.argv[1:] if argv is None else argv)
     has_cmd_override = any(a.split("=", 1)[0].lstrip("+~") == "cmd" for a in args)
-    if not command and not has_cmd_override and not any(a in _INFO_FLAGS for a in args):
+    info = any(a in _INFO_FLAGS for a in args)
+    if not command and not has_cmd_override and not info:
         return fail(_NO_COMMAND, EXIT_USAGE)
+    split = split_argv(args)
+    overrides, detected = resolve_machine(split.overrides)
+    overrides = default_launcher(overrides)
+    if not info:
+        try:
+            preflight(overrides, command, split.multirun)
+        except EzpzError as exc:
+            if debug_enabled():
+                traceback.print_exc()
+            return fail(str(exc), exc.exit_code)
+        if detected is not None:
+            get_logger("ezpz.cli").info("machine=auto resolved to %s", detected)
     return standard_main(prog="ezpz-launch", description=DESCRIPTION, config_name="launch",
                          groups=("machine", "launcher"),
-                         task=functools.partial(task, command=command), argv=args,
-                         examples=EXAMPLES)
+                         task=functools.partial(task, command=command),
+                         argv=[*split.flags, *overrides], examples=EXAMPLES)
 
 
 if __name__ == "__main__":

@@ -1,19 +1,24 @@
 """GPUs and hosts: how many hosts and processes per host a launch uses.
 
 :func:`resolve_topology` fills in whichever of ngpus / nhosts / ngpu_per_host is missing;
-:func:`gpus_per_host` reads the machine preset (or counts with torch); CPU binding and the
-rendezvous id come from the environment.
+:func:`gpus_per_host` reads the machine preset, else the Slurm allocation, else counts with
+torch; CPU binding and the rendezvous id come from the environment.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import re
+import subprocess
 from dataclasses import dataclass
 from typing import Mapping, Optional
 
 from ..config import MachineConfig
 from ..errors import ConfigError, LaunchError
+from ..log import get_logger
+
+log = get_logger(__name__)
 
 
 @dataclass(frozen=True)
@@ -36,6 +41,9 @@ class Topology:
         return self.hosts_available * per_host
 
     def describe(self) -> str:
+        if self.gpus_per_host <= 0:  # no GPUs: say processes, never claim GPUs
+            return (f"Using {self.ngpus} processes [{self.nhosts} hosts] x "
+                    f"[{self.ngpu_per_host} per host] (no GPUs)")
         return (f"Using [{self.ngpus}/{self.available}] GPUs [{self.nhosts} hosts] x "
                 f"[{self.ngpu_per_host} GPU/host]")
 
@@ -113,13 +121,84 @@ def detect_gpus(device: str = "cpu") -> int:
     return 0
 
 
-def gpus_per_host(machine: MachineConfig) -> int:
-    """``machine.gpus_per_node``, or the count torch sees here when it is null."""
+def in_slurm_allocation(environ: Optional[Mapping[str, str]] = None) -> bool:
+    env = os.environ if environ is None else environ
+    return bool(env.get("SLURM_JOB_ID") or env.get("SLURM_JOBID"))
+
+
+def _gpu_count(text: str) -> Optional[int]:
+    """``4``, ``a100:4``, ``gpu:a100:4``, ``gres:gpu:4``, ``gres/gpu:a100:2,gres/gpu:v100:2``
+    → the number of GPUs (summed over types); None when ``text`` says nothing countable."""
+    total, found = 0, False
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        if "gres" in part and "gpu" not in part:
+            continue  # another resource (gres/nic:2)
+        m = re.search(r"(\d+)(?:\(.*\))?$", part)
+        if not m:
+            continue
+        total += int(m.group(1))
+        found = True
+    return total if found else None
+
+
+def _scontrol_tres_per_node(jobid: str) -> Optional[int]:
+    """GPUs per node the job asked for with ``--gres=gpu:N`` (``TresPerNode`` of
+    ``scontrol show job``), which sets no variable in an ``salloc`` shell."""
+    try:
+        p = subprocess.run(["scontrol", "-o", "show", "job", jobid], capture_output=True,
+                           text=True, timeout=10, stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    m = re.search(r"\bTresPerNode=(\S+)", p.stdout) if p.returncode == 0 else None
+    return _gpu_count(m.group(1)) if m else None
+
+
+def slurm_gpus_per_node(environ: Optional[Mapping[str, str]] = None
+                        ) -> Optional[tuple[int, str]]:
+    """GPUs per node of the Slurm allocation this runs in, and where the count came from:
+    ``SLURM_GPUS_ON_NODE`` (job steps, batch scripts), ``SLURM_GPUS_PER_NODE``
+    (``--gpus-per-node``), ``SLURM_TRES_PER_NODE``, ``SLURM_JOB_GPUS`` (the GPU ids), then the
+    job's gres (``--gres=gpu:N``) from ``scontrol``; 0 for an allocation without GPUs.
+    None outside an allocation."""
+    env = os.environ if environ is None else environ
+    if not in_slurm_allocation(env):
+        return None
+    for var in ("SLURM_GPUS_ON_NODE", "SLURM_GPUS_PER_NODE", "SLURM_TRES_PER_NODE"):
+        value = env.get(var, "").strip()
+        count = _gpu_count(value) if value else None
+        if count is not None:
+            return count, var
+    ids = env.get("SLURM_JOB_GPUS", "").strip()
+    if ids:
+        return len([i for i in ids.split(",") if i.strip()]), "SLURM_JOB_GPUS"
+    jobid = env.get("SLURM_JOB_ID") or env.get("SLURM_JOBID") or ""
+    count = _scontrol_tres_per_node(jobid)
+    if count is not None:
+        return count, f"the gres of Slurm job {jobid}"
+    return 0, f"Slurm job {jobid} (no GPUs requested)"
+
+
+def resolve_gpus_per_host(machine: MachineConfig, environ: Optional[Mapping[str, str]] = None
+                          ) -> tuple[int, str]:
+    """GPUs per host and where the number came from: ``machine.gpus_per_node`` when set, else
+    the Slurm allocation (inside one), else the count torch sees here (0 without torch)."""
     if machine.gpus_per_node is not None:
         if machine.gpus_per_node < 0:
             raise ConfigError(f"machine.gpus_per_node: must be 0 or more, got {machine.gpus_per_node}")
-        return machine.gpus_per_node
-    return detect_gpus(machine.device)
+        return machine.gpus_per_node, "machine.gpus_per_node"
+    slurm = slurm_gpus_per_node(environ)
+    if slurm is not None:
+        return slurm
+    return detect_gpus(machine.device), "torch's device count"
+
+
+def gpus_per_host(machine: MachineConfig, environ: Optional[Mapping[str, str]] = None) -> int:
+    """``machine.gpus_per_node``, or (when it is null) the Slurm allocation's GPUs per node,
+    or the count torch sees here."""
+    return resolve_gpus_per_host(machine, environ)[0]
 
 
 def resolve_cpu_bind(machine: MachineConfig, environ: Optional[Mapping[str, str]] = None
