@@ -127,6 +127,30 @@ def test_a_hung_attempt_is_retried(tmp_path, two_hosts):
     assert [(a["exit_code"], a["next"]) for a in record["attempts"]] == [(124, "retry"), (0, None)]
 
 
+PROGRESS = textwrap.dedent("""
+    import sys, time
+    for i in range(1, 11):
+        sys.stderr.write(f"\\rtraining {i * 10:3d}%")   # redrawn in place, no newline
+        sys.stderr.flush()
+        time.sleep(0.3)
+    sys.stderr.write("\\n")
+    print("done")
+""")
+
+
+def test_a_progress_bar_counts_as_output_for_the_idle_watchdog(tmp_path):
+    """3 s of \\r redraws with idle_timeout=1: not a silent job."""
+    script = tmp_path / "progress.py"
+    script.write_text(PROGRESS)
+    p = subprocess.run([PY, "-m", "ezpz.cli.launch", "machine=local", "launcher.idle_timeout=1",
+                        "launcher.label=true", "--", PY, str(script)], cwd=tmp_path,
+                       capture_output=True, env=_env(), timeout=120)  # bytes: \\r kept as is
+    assert p.returncode == 0, p.stderr
+    redraws = re.findall(rb"0: training +(\d+)%[\r\n]", p.stdout)
+    assert redraws == [b"%d" % (10 * i) for i in range(1, 11)], p.stdout
+    assert p.stdout.endswith(b"0: done\n") and b"idle_timeout" not in p.stderr
+
+
 FLAKY = textwrap.dedent("""
     import os, sys
     counter = os.path.join(sys.argv[1], "count." + os.environ["RANK"])

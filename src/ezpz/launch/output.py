@@ -5,6 +5,7 @@ own) and, for each line:
 
 - hides it from the console when a filter (a regular expression searched in the line) matches,
   writing it whole to the filtered-lines file instead (created at the first hidden line);
+  a progress bar's redraw, ending in ``\r``, is a line of its own;
 - scans it for the machine's bad-node patterns that name a host (``(?P<host>...)``);
 - notes the time, for the idle watchdog.
 
@@ -93,12 +94,29 @@ class OutputPump:
 
     # ------------------------------------------------------------------ per line
     def _run(self, stream: IO[bytes]) -> None:
+        """Read what arrives (every byte counts as activity for the idle watchdog) and handle
+        it line by line; a line ends with \n, or with \r (a progress bar's redraw)."""
+        pending = b""
+        read = getattr(stream, "read1", stream.read)
         try:
-            for raw in iter(lambda: stream.readline(MAX_LINE), b""):
+            while True:
+                chunk = read(65536)
+                if not chunk:
+                    break
                 self.last_activity = time.monotonic()
-                self.handle(raw)
+                pending += chunk
+                cut = max(pending.rfind(b"\n"), pending.rfind(b"\r"))
+                if cut >= 0:
+                    for raw in pending[:cut + 1].splitlines(keepends=True):
+                        self.handle(raw)
+                    pending = pending[cut + 1:]
+                if len(pending) > MAX_LINE:
+                    self.handle(pending)
+                    pending = b""
         except (OSError, ValueError) as exc:  # the pipe closed under us
             log.debug("output reader stopped: %s", exc)
+        if pending:
+            self.handle(pending)
 
     def handle(self, raw: bytes) -> None:
         self.lines += 1
@@ -114,7 +132,7 @@ class OutputPump:
                 self.host_hits.append(HostHit(m.group("host"), pattern.pattern, text[:500]))
         if self.filters and any(f.search(text) for f in self.filters):
             self.hidden += 1
-            self._keep(raw if raw.endswith(b"\n") else raw + b"\n")
+            self._keep(raw if raw.endswith(b"\n") else raw.rstrip(b"\r") + b"\n")
             return
         self._show(line)
 

@@ -8,7 +8,8 @@ run as a script, imports the standard library only (never ezpz or site-packages)
 - **whole lines**: the command's stdout and stderr go through one pipe; the wrapper passes
   them on in whole lines, each write at most ``PIPE_BUF`` bytes of complete lines, so lines of
   different ranks never glue together in the launcher's output (a line longer than
-  ``PIPE_BUF`` can still be split by the launcher); a last line without a newline gets one;
+  ``PIPE_BUF`` can still be split by the launcher); a progress bar's redraw (ending in ``\r``)
+  counts as a line; a last line without a newline gets one;
 - **labels** (``EZPZ_RANK_LABEL=1``): each line is prefixed with ``<rank>: ``;
 - **the DDP environment** (``EZPZ_DDP_ENV=1``, set under mpiexec and srun): ``RANK``,
   ``WORLD_SIZE``, ``LOCAL_RANK``, ``LOCAL_WORLD_SIZE`` from the launcher's variables (PMI,
@@ -137,7 +138,8 @@ class LinePasser:
 
     def feed(self, data: bytes) -> None:
         self.pending += data
-        cut = self.pending.rfind(b"\n")
+        # a line ends with \n; a progress bar redrawn in place ends each redraw with \r
+        cut = max(self.pending.rfind(b"\n"), self.pending.rfind(b"\r"))
         if cut >= 0:
             complete, self.pending = self.pending[:cut + 1], self.pending[cut + 1:]
             self._emit(complete.splitlines(keepends=True))

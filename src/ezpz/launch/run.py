@@ -173,6 +173,8 @@ class AttemptResult:
     idle: bool = False
     elapsed: float = 0.0
     host_hits: list[HostHit] = field(default_factory=list)
+    #: The attempt's process group on this host.
+    pgid: Optional[int] = None
 
 
 def run_attempt(argv: Sequence[str], env: Optional[Mapping[str, str]], pump: OutputPump,
@@ -236,7 +238,8 @@ def run_attempt(argv: Sequence[str], env: Optional[Mapping[str, str]], pump: Out
         code = 128 + got
     elif idle:
         code = IDLE_EXIT
-    return AttemptResult(code, got, idle, time.monotonic() - start, list(pump.host_hits))
+    return AttemptResult(code, got, idle, time.monotonic() - start, list(pump.host_hits),
+                         proc.pid)
 
 
 def _filters_for(filters: Iterable[str | re.Pattern[str]]) -> list[re.Pattern[str]]:
@@ -396,6 +399,11 @@ def run_plan(plan: LaunchPlan, *, dry_run: bool = False, out: Optional[IO[str]] 
                 if nxt is None:
                     code = result.exit_code
                     break
+                if result.pgid is not None:  # nothing of a failed attempt outlives it
+                    try:
+                        os.killpg(result.pgid, signal.SIGKILL)
+                    except (ProcessLookupError, PermissionError):
+                        pass
                 if action == "retry":
                     retries_left -= 1
                 delay = launcher.retry_delay * 2 ** relaunches
