@@ -64,6 +64,16 @@ def test_failover_under_srun_pins_the_nodes_and_excludes_the_bad_one():
     assert retry.argv[5:7] == new.argv[5:7] and retry.attempt == 3 and retry.replaced == new.replaced
 
 
+def test_failover_under_torchrun_moves_the_rendezvous_with_the_first_host(tmp_path):
+    plan = _aurora_plan(tmp_path, name="torchrun")
+    assert f"--rdzv-endpoint={NODES[0]}:29500" in plan.argv
+    assert "MASTER_ADDR" not in plan.env, "torchrun sets the DDP variables itself"
+    new = failover_plan(plan, [NODES[0]])
+    assert new.hosts == [NODES[1], NODES[2]]
+    assert f"--rdzv-endpoint={NODES[1]}:29500" in new.argv and "--np=2" in new.argv
+    assert (tmp_path / "run" / "hostfile.attempt2").read_text() == f"{NODES[1]}\n{NODES[2]}\n"
+
+
 def _record(d: Path, rank: int, host: str, **kw) -> None:
     d.mkdir(parents=True, exist_ok=True)
     data = {"rank": rank, "host": host, "node": None, "exit_code": None, "signal": None,

@@ -29,15 +29,16 @@ It exits as the command did (the same code, or the same signal).
 
 from __future__ import annotations
 
-import json
 import os
-import re
 import select
 import signal
-import socket
 import subprocess
 import sys
 import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # json, re and socket are imported only when used: every rank starts this
+    import re
 
 PIPE_BUF = 4096
 #: A line longer than this is passed on in pieces (memory stays bounded).
@@ -163,8 +164,13 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child before e
 
 
 def _compile(raw: str) -> list[re.Pattern[str]]:
+    if not raw:
+        return []
+    import json
+    import re
+
     try:
-        return [re.compile(p) for p in json.loads(raw)] if raw else []
+        return [re.compile(p) for p in json.loads(raw)]
     except (ValueError, re.error, TypeError):
         return []
 
@@ -179,6 +185,9 @@ def _signal_name(sig: int) -> str:
 def _record(directory: str, rank: int | None, child_pid: int, rc: int,
             stopped_by: int | None, hits: list[dict[str, object]]) -> None:
     """``<directory>/rank-<rank>.json``, written atomically (a failure here is not fatal)."""
+    import json
+    import socket
+
     sig = -rc if rc < 0 else None
     data = {
         "rank": rank, "host": socket.gethostname(), "node": os.environ.get("SLURMD_NODENAME"),

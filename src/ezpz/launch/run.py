@@ -388,8 +388,9 @@ def run_plan(plan: LaunchPlan, *, dry_run: bool = False, out: Optional[IO[str]] 
                 else:
                     log.error("attempt %d failed with exit code %d after %.1f s: %s", n,
                               result.exit_code, result.elapsed, cause)
-                    for line in diag.ranks[:10]:
-                        log.info("  %s", line)
+                    if diag.bad or len(diag.ranks) > 3:  # (else the cause lists them all)
+                        for line in diag.ranks[:10]:
+                            log.info("  %s", line)
                 history.update(nxt or current, attempt=n, hosts=current.hosts,
                                command=current.argv, exit_code=result.exit_code, cause=cause,
                                bad_hosts=diag.bad, failed_ranks=diag.ranks, next=action,
