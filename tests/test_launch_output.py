@@ -74,6 +74,26 @@ def test_host_patterns_in_the_launchers_output(tmp_path):
     assert [(h.host, h.line[:13]) for h in pump.host_hits] == [("x4001c0s1b0n0", "x4001c0s1b0n0")]
 
 
+def test_bytes_that_are_not_utf8_are_kept_as_they_came(tmp_path):
+    pump, out = _pump(tmp_path, ["^noise"])
+    pump.handle(b"noise \xff\xfe raw\n")
+    pump.handle(b"shown \xff\n")
+    pump.close()
+    assert (tmp_path / "f.log").read_bytes() == b"noise \xff\xfe raw\n"
+    assert out.getvalue() == "shown \ufffd\n"
+
+
+def test_a_line_longer_than_the_buffers_arrives_whole_in_pieces(tmp_path, monkeypatch):
+    """3 MiB without a newline through the rank wrapper and the launcher: nothing is lost."""
+    monkeypatch.delenv("EZPZ_LOG_LEVEL", raising=False)
+    out = io.StringIO()
+    code = "import sys; sys.stdout.write('a' * (3 << 20)); sys.stdout.write('\\nafter\\n')"
+    assert run_command([*WRAP, PY, "-c", code], out=out) == 0
+    text = out.getvalue()
+    assert text.endswith("\nafter\n")
+    assert text[:-len("after\n")].replace("\n", "") == "a" * (3 << 20)
+
+
 def test_run_command_writes_hidden_lines_to_its_file(tmp_path, monkeypatch):
     monkeypatch.delenv("EZPZ_LOG_LEVEL", raising=False)
     out = io.StringIO()

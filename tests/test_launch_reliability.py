@@ -192,6 +192,32 @@ def test_retries_used_up_return_the_last_exit_code(tmp_path, two_hosts):
     assert "finished with exit code 7 after 2 attempts" in p.stderr
 
 
+def test_a_signal_while_waiting_to_relaunch_stops_for_good(tmp_path, two_hosts):
+    script = tmp_path / "flaky.py"
+    script.write_text(FLAKY)
+    proc = subprocess.Popen([PY, "-m", "ezpz.cli.launch", "machine=local", two_hosts,
+                             "launcher.retries=3", "launcher.retry_delay=60", "--", PY,
+                             str(script), str(tmp_path), "99"], cwd=tmp_path, env=_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert proc.stdout is not None
+    lines = []
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if "attempt 2 (retry) in 60 s" in line:
+                proc.send_signal(signal.SIGTERM)
+                break
+        out = "".join(lines) + proc.communicate(timeout=30)[0]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 143, out
+    assert "received SIGTERM while waiting: not relaunching" in out
+    assert "attempt 2 of at most 4" not in out
+    record = json.loads((_run_dir(tmp_path) / "launch.json").read_text())
+    assert record["exit_code"] == 143 and len(record["attempts"]) == 1
+
+
 # --------------------------------------------------------------------------------------
 # signals: the job's handlers get their grace
 # --------------------------------------------------------------------------------------
@@ -205,13 +231,15 @@ CHECKPOINT = textwrap.dedent("""
         open(os.path.join(d, f"saved.{rank}"), "w").write("ok")
         sys.exit(0)
     signal.signal(signal.SIGTERM, save if mode == "save" else signal.SIG_IGN)
+    if mode == "ignore":
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     open(os.path.join(d, f"pid.{rank}"), "w").write(str(os.getpid()))
     print("training", flush=True)
     time.sleep(120)
 """)
 
 
-def _start_and_signal(tmp_path: Path, args: list[str], nranks: int, sig: int
+def _start_and_signal(tmp_path: Path, args: list[str], nranks: int, sig: int, again: bool = False
                       ) -> tuple[int, str, list[int]]:
     state = tmp_path / "state"
     state.mkdir(exist_ok=True)
@@ -224,6 +252,9 @@ def _start_and_signal(tmp_path: Path, args: list[str], nranks: int, sig: int
         time.sleep(0.2)
         pids = [int(p.read_text()) for p in state.glob("pid.*")]
         proc.send_signal(sig)
+        if again:
+            time.sleep(1.0)
+            proc.send_signal(sig)
         out, _ = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
@@ -259,6 +290,19 @@ def test_a_job_that_ignores_sigterm_is_killed_after_the_grace(tmp_path, two_host
                    str(tmp_path / "state"), "ignore"], 2, signal.SIGTERM)
     assert rc == 143, out
     assert "the job is still running 1 s after SIGTERM: killing it" in out
+    assert _wait_for(lambda: not any(_alive(pid) for pid in pids), 10), "a rank survived"
+
+
+def test_a_second_ctrl_c_kills_at_once(tmp_path, two_hosts):
+    script = tmp_path / "ckpt.py"
+    script.write_text(CHECKPOINT)
+    # ranks that ignore SIGINT and a 600 s grace: only the second Ctrl-C can end this before
+    # the helper's 120 s timeout
+    rc, out, pids = _start_and_signal(
+        tmp_path, ["machine=local", two_hosts, "launcher.grace=600", "--", PY, str(script),
+                   str(tmp_path / "state"), "ignore"], 2, signal.SIGINT, again=True)
+    assert rc == 130, out
+    assert "received SIGINT again: killing the job now" in out
     assert _wait_for(lambda: not any(_alive(pid) for pid in pids), 10), "a rank survived"
 
 

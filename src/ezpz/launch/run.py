@@ -211,23 +211,26 @@ def run_attempt(argv: Sequence[str], env: Optional[Mapping[str, str]], pump: Out
             seen += 1
             if got is None and not idle:
                 got, kill_at = sig, now + grace
-                log.warning("received %s: passing it to %s; %.0f s to exit before it is killed",
+                log.warning("received %s: passing it to %s; %g s to exit before it is killed",
                             _signame(sig), stopper.deliver(sig), grace)
+            elif got is None:  # the idle stop is under way: the user's signal decides the end
+                got = sig
+                log.warning("received %s while the idle job stops", _signame(sig))
             elif sig == signal.SIGINT and not killed:
                 log.warning("received SIGINT again: killing the job now")
-                got = got or sig
-                kill_at = now
+                stopper.kill()
+                killed = True
             else:
                 log.info("received %s again while the job stops: ignored", _signame(sig))
         if (idle_timeout and got is None and not idle
                 and now - pump.last_activity > idle_timeout):
             idle, kill_at = True, now + grace
-            log.error("no output for %.0f s (launcher.idle_timeout): stopping the job "
-                      "(SIGTERM to %s, %.0f s to exit)", idle_timeout,
+            log.error("no output for %g s (launcher.idle_timeout): stopping the job "
+                      "(SIGTERM to %s, %g s to exit)", idle_timeout,
                       stopper.deliver(signal.SIGTERM), grace)
         if kill_at is not None and now >= kill_at and not killed:
-            log.warning("the job is still running %.0f s after %s: killing it", grace,
-                        "the idle stop" if idle and got is None else _signame(got or 0))
+            log.warning("the job is still running %g s after %s: killing it", grace,
+                        "the idle stop" if idle else _signame(got or 0))
             stopper.kill()
             killed = True
     if got is not None or idle:
