@@ -113,11 +113,14 @@ class SlurmCluster:
     """A Slurm cluster of ``n`` simulated nodes (``sim1``..``simN``) rooted at ``root``."""
 
     def __init__(self, root: str | os.PathLike[str], n: int = 3, *, prefix: str = "sim",
-                 cpus: int = 2, memory_mib: int = 6000) -> None:
+                 cpus: int = 2, memory_mib: int = 6000, gpus: int = 2) -> None:
         self.root = Path(root)
         self.nodes = [f"{prefix}{k}" for k in range(1, n + 1)]
         self.nodelist = f"{prefix}[1-{n}]"
         self.cpus = cpus
+        #: GPUs per node, as Slurm sees them (gres/gpu on stand-in devices): jobs that ask for
+        #: GPUs (--gpus-per-node, --gres=gpu:N) get Slurm's GPU variables; nothing else changes.
+        self.gpus = gpus
         self.memory_mib = memory_mib
         self.conf = self.root / "slurm.conf"
         self.munge_socket = self.root / "munge" / "munge.socket"
@@ -205,12 +208,27 @@ class SlurmCluster:
             "Waittime=0",
             "SchedulerType=sched/backfill",
         ]
+        gres = ""
+        if self.gpus:
+            lines.append("GresTypes=gpu")
+            gres = f"Gres=gpu:{self.gpus} "
         for name, port in zip(self.nodes, node_ports):
             lines.append(f"NodeName={name} NodeHostname={host} NodeAddr=127.0.0.1 Port={port} "
-                         f"CPUs={self.cpus} RealMemory={self.memory_mib} State=UNKNOWN")
+                         f"CPUs={self.cpus} RealMemory={self.memory_mib} {gres}State=UNKNOWN")
         lines.append(f"PartitionName=sim Nodes={self.nodelist} Default=YES MaxTime=INFINITE "
                      "State=UP OverSubscribe=FORCE")
         return "\n".join(lines) + "\n"
+
+    def _write_gres_conf(self) -> None:
+        """gres.conf next to slurm.conf: each node's GPUs stand on character devices that
+        exist everywhere (/dev/null, /dev/zero, ...): Slurm counts and hands them out, nothing
+        opens them."""
+        devices = ["/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom"]
+        if self.gpus > len(devices):
+            raise ClusterError(f"at most {len(devices)} stand-in GPUs per node")
+        text = "".join(f"NodeName={self.nodelist} Name=gpu File={dev}\n"
+                       for dev in devices[: self.gpus])
+        (self.root / "gres.conf").write_text(text)
 
     # ------------------------------------------------------------------ processes
     def _spawn(self, name: str, argv: Sequence[str]) -> subprocess.Popen:
@@ -284,6 +302,7 @@ class SlurmCluster:
 
             ctld_port, *node_ports = free_ports(1 + len(self.nodes))
             self.conf.write_text(self.slurm_conf_text(ctld_port, node_ports))
+            self._write_gres_conf()
             self._add_hosts()
 
             self._spawn("slurmctld", ["slurmctld", "-D", "-i"])

@@ -6,7 +6,7 @@ import pytest
 
 from ezpz.config import LauncherConfig, MachineConfig
 from ezpz.errors import LaunchError
-from ezpz.hosts import HostList, exclude_hosts
+from ezpz.launch.hosts import HostList, exclude_hosts
 from ezpz.launch import plan_launch
 
 HOSTS = ["x4000c0s0b0n0.hostmgmt.cm.aurora.alcf.anl.gov", "x4000c0s1b0n0.hostmgmt.cm.aurora.alcf.anl.gov",
@@ -58,6 +58,6 @@ def test_srun_names_the_remaining_nodes(tmp_path):
     machine = MachineConfig(name="slurm", gpus_per_node=0)
     launcher = LauncherConfig(name="srun", exclude_hosts=str(failed))
     plan = plan_launch(machine, launcher, ["true"], one_per_host=True,
-                       environ={"SLURM_JOB_NODELIST": "sim[1-3]"})
+                       environ={"SLURM_JOB_NODELIST": "sim[1-3]", "SLURM_JOB_ID": "7"})
     assert plan.argv[:6] == ["srun", "-N", "2", "--ntasks-per-node=1", "--mpi=pmi2",
                              "--nodelist=sim1,sim3"]

@@ -7,7 +7,7 @@ import os
 import pytest
 
 from ezpz.errors import LaunchError
-from ezpz.hosts import (all_local, discover_hosts, expand_nodelist, is_local_host,
+from ezpz.launch.hosts import (all_local, discover_hosts, expand_nodelist, is_local_host,
                         read_hostfile, short_hostname, unique_hosts)
 
 AURORA_A = "x4711c1s2b0n0.hostmgmt2711.cm.aurora.alcf.anl.gov"

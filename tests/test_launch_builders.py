@@ -1,7 +1,8 @@
 """Launch argv builders against stored expected output, GPU/host resolution, CPU_BIND.
 
 The expected commands live in tests/expected/launch_commands.json, one entry per
-machine x launcher x number of hosts. After an intended change, regenerate them with
+machine x launcher x number of hosts, plus each machine x launcher with the rank wrapper and
+srun after a failover (--nodelist/--exclude). After an intended change, regenerate them with
 
     EZPZ_REGEN_EXPECTED=1 python -m pytest tests/test_launch_builders.py
 
@@ -19,9 +20,9 @@ import pytest
 from ezpz.cli.common import compose, to_settings
 from ezpz.config import LauncherConfig, MachineConfig
 from ezpz.errors import ConfigError, LaunchError
-from ezpz.hosts import HostList
-from ezpz.launch import (Topology, build_argv, plan_launch, resolve_cpu_bind, resolve_topology,
-                         torchrun_argv)
+from ezpz.launch.hosts import HostList
+from ezpz.launch import (Topology, build_argv, plan_launch, rank_wrapper_argv, resolve_cpu_bind,
+                         resolve_topology, torchrun_argv)
 
 EXPECTED = Path(__file__).parent / "expected" / "launch_commands.json"
 REGEN = os.environ.get("EZPZ_REGEN_EXPECTED") == "1"
@@ -41,6 +42,7 @@ HOSTS = {
 # Hostile values: they must reach the argv unchanged (no shell anywhere).
 HOSTFILE = "/lus/my jobs/it's \"nodes\".txt"
 CMD = ["python3", "train.py", "--msg", "a'; echo x", "$HOME", "*"]
+WRAP = rank_wrapper_argv("/opt/my env/bin/python", "/opt/my env/lib/ezpz/launch/rankwrap.py")
 
 
 def _machine(name: str) -> MachineConfig:
@@ -51,18 +53,26 @@ def _launcher(name: str) -> LauncherConfig:
     return to_settings(compose("launch", [f"launcher={name}"])).launcher
 
 
-def _build(machine: str, launcher: str, nhosts: int) -> list[str]:
+def _build(machine: str, launcher: str, nhosts: int, **kw) -> list[str]:
     m = _machine(machine)
     gpus = m.gpus_per_node if m.gpus_per_node is not None else 0
     topo = resolve_topology(ngpus=None, nhosts=nhosts, ngpu_per_host=None,
                             hosts_available=2, gpus_per_host=gpus)
     return build_argv(m, _launcher(launcher), topo, CMD, hosts=HOSTS[machine][:nhosts],
-                      hostfile=HOSTFILE, cpu_bind=resolve_cpu_bind(m, {}), rdzv_id="4242.pbs")
+                      hostfile=HOSTFILE, cpu_bind=resolve_cpu_bind(m, {}), rdzv_id="4242.pbs",
+                      **kw)
 
 
 def _all() -> dict[str, list[str]]:
-    return {f"{m}-{lch}-{n}": _build(m, lch, n)
-            for m in MACHINES for lch in LAUNCHERS for n in (1, 2)}
+    out = {f"{m}-{lch}-{n}": _build(m, lch, n)
+           for m in MACHINES for lch in LAUNCHERS for n in (1, 2)}
+    out.update({f"{m}-{lch}-2-wrapped": _build(m, lch, 2, rank_wrap=WRAP)
+                for m in MACHINES for lch in LAUNCHERS})
+    # after a failover: nid002 was replaced by nid003
+    for lch in ("srun", "torchrun"):
+        out[f"slurm-{lch}-2-failover"] = _build("slurm", lch, 2, nodelist=["nid001", "nid003"],
+                                                exclude=["nid002"])
+    return out
 
 
 def test_builders_match_expected_file():
@@ -85,10 +95,12 @@ def test_expected_file_has_the_documented_shapes():
                                          f"--hostfile={HOSTFILE}",
                                          "--cpu-bind=verbose,list:2-4:10-12:18-20:26-28:34-36:"
                                          "42-44:54-56:62-64:70-72:78-80:86-88:94-96"]
-    assert e["aurora-mpiexec-2"][6] == "--no-vni"
-    assert e["polaris-mpiexec-1"][:7] == ["mpiexec", "--envall", "--np=4", "--ppn=4",
+    # PALS passes each rank's output on in whole lines
+    assert e["aurora-mpiexec-2"][6:8] == ["--line-buffer", "--no-vni"]
+    assert e["polaris-mpiexec-1"][:8] == ["mpiexec", "--envall", "--np=4", "--ppn=4",
                                           f"--hostfile={HOSTFILE}", "--cpu-bind=depth",
-                                          "--depth=8"]
+                                          "--line-buffer", "--depth=8"]
+    assert "--line-buffer" not in e["local-mpiexec-2"], "MPICH hydra has no --line-buffer"
     assert e["local-mpiexec-2"][:7] == ["mpiexec", "-n", "2", "-ppn", "1", "-f", HOSTFILE]
     assert e["slurm-srun-2"][:4] == ["srun", "-N", "2", "--ntasks-per-node=1"]
     assert "--mpi=pmi2" in e["slurm-srun-2"]
@@ -103,6 +115,16 @@ def test_expected_file_has_the_documented_shapes():
     for key, argv in e.items():
         if key != "_regenerate":
             assert argv[-len(CMD):] == CMD, key
+    # the rank wrapper runs right before the command (mpiexec, srun) or each torchrun worker
+    assert e["aurora-mpiexec-2-wrapped"][-len(CMD) - 4:-len(CMD)] == WRAP
+    assert e["slurm-srun-2-wrapped"][5:9] == WRAP
+    tw = e["aurora-torchrun-2-wrapped"]
+    assert tw[tw.index("--no-python") + 1:] == [*WRAP, *CMD]
+    # after a failover srun is pinned to the new hosts and told to avoid the bad one
+    assert e["slurm-srun-2-failover"][5:7] == ["--nodelist=nid001,nid003", "--exclude=nid002"]
+    ft = e["slurm-torchrun-2-failover"]
+    assert ft[5:7] == ["--nodelist=nid001,nid003", "--exclude=nid002"]
+    assert "--rdzv-endpoint=nid001:29500" in ft
 
 
 def test_wrap_and_extra_args_are_placed_per_process():
@@ -112,7 +134,15 @@ def test_wrap_and_extra_args_are_placed_per_process():
     topo = Topology(1, 12, 1, 12)
     argv = build_argv(m, lch, topo, ["hostname"], hosts=["x4"], hostfile="/h f")
     assert argv == ["mpiexec", "--envall", "--np=12", "--ppn=12", "--hostfile=/h f", "--verbose",
-                    "--no-vni", "--pmi=pmix", "/opt/w w/simnode.sh", "--x", "hostname"]
+                    "--line-buffer", "--no-vni", "--pmi=pmix", "/opt/w w/simnode.sh", "--x",
+                    "hostname"]
+    # the rank wrapper goes right before launcher.wrap (outside a container, say)
+    wrapped = build_argv(m, lch, topo, ["hostname"], hosts=["x4"], hostfile="/h f", rank_wrap=WRAP)
+    assert wrapped[-7:] == [*WRAP, "/opt/w w/simnode.sh", "--x", "hostname"]
+    # under torchrun the wrapper wraps each worker; a .py script is run with its interpreter
+    tw = build_argv(m, LauncherConfig(name="torchrun"), topo, ["train.py", "--lr", "1"],
+                    hosts=["x4"], hostfile="/h", rank_wrap=WRAP)
+    assert tw[tw.index("--no-python") + 1:] == [*WRAP, WRAP[0], "train.py", "--lr", "1"]
     tr = build_argv(m, LauncherConfig(name="torchrun", wrap=["W"]), topo, ["train.py"],
                     hosts=["x4"], hostfile="/h")
     # wrap goes in front of each node's torchrun; a .py script is given to torchrun as is
@@ -243,7 +273,8 @@ def test_plan_uses_the_job_hostfile_and_logs_topology(tmp_path, caplog):
     assert Path(plan.hostfile).read_text() == "x4711c1s2b0n0\n"
     assert f"--hostfile={plan.hostfile}" in plan.argv and "--cpu-bind=depth" in plan.argv
     assert plan.env == {"ZE_FLAT_DEVICE_HIERARCHY": "FLAT"}
-    assert "|CCL_WARN|" in plan.filters
+    assert r"\|CCL_WARN\| did not find MPI-launcher specific variables, switch to ATL/OFI" \
+        in plan.filters
 
 
 def test_plan_keeps_an_exact_hostfile(tmp_path):

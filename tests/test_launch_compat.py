@@ -36,7 +36,7 @@ def test_get_pbs_launch_cmd_every_gpu(aurora_job):
     assert cmd[1:6] == ["--envall", "--np=24", "--ppn=12", f"--hostfile={aurora_job}",
                         "--cpu-bind=verbose,list:2-4:10-12:18-20:26-28:34-36:42-44:54-56:62-64:"
                         "70-72:78-80:86-88:94-96"]
-    assert cmd[6:] == ["--no-vni"]
+    assert cmd[6:] == ["--line-buffer", "--no-vni"]
 
 
 def test_get_pbs_launch_cmd_subset(aurora_job, monkeypatch, tmp_path):

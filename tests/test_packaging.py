@@ -46,3 +46,11 @@ def test_installed_wheel_composes_from_its_own_configs(wheel, tmp_path):
     assert run.returncode == 0, run.stderr
     assert str(target) in run.stderr, "the installed copy, not the source tree, must be used"
     assert "name: polaris" in run.stdout and "dist_backend: nccl" in run.stdout
+
+
+def test_wheel_ships_the_launch_package_with_its_rank_wrapper(wheel):
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for module in ("__init__", "hosts", "topology", "argv", "plan", "output", "failover", "run",
+                   "rankwrap"):
+        assert f"ezpz/launch/{module}.py" in names, module
+    assert "ezpz/hosts.py" not in names and "ezpz/launch.py" not in names

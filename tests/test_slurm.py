@@ -38,7 +38,7 @@ print(json.dumps({"rank": comm.rank, "size": comm.size, "host": socket.gethostna
 
 ALLOC_PROBE = r"""
 import json, os
-from ezpz.hosts import detect_machine
+from ezpz.launch.hosts import detect_machine
 print(json.dumps({"nodelist": os.environ.get("SLURM_JOB_NODELIST"),
                   "nnodes": os.environ.get("SLURM_JOB_NUM_NODES"),
                   "machine": detect_machine()}))
@@ -46,7 +46,7 @@ print(json.dumps({"nodelist": os.environ.get("SLURM_JOB_NODELIST"),
 
 DISCOVERY_PROBE = r"""
 import json
-from ezpz.hosts import discover_hosts
+from ezpz.launch.hosts import discover_hosts
 found = discover_hosts()
 print(json.dumps({"hosts": found.hosts, "source": found.source}))
 """
@@ -249,6 +249,17 @@ def test_ezpz_launch_dry_run_prints_the_srun_command_for_the_allocation(slurm_cl
     argv = [str(BIN / "ezpz-launch"), "launcher=srun", "launcher.dry_run=true", "--",
             "hostname"]
     p = slurm_cluster.salloc(3, argv, cwd=tmp_path)
+    assert p.returncode == 0, slurm_cluster.explain(p)
+    # every task runs under ezpz's rank wrapper (whole lines, DDP variables)
+    import shlex
+
+    from ezpz.launch.plan import RANK_WRAPPER
+
+    wrapper = shlex.join([sys.executable, "-S", str(RANK_WRAPPER), "--"])
+    assert p.stdout.strip().splitlines()[-1] == \
+        f"srun -N 3 --ntasks-per-node=1 --mpi=pmi2 {wrapper} hostname"
+    p = slurm_cluster.salloc(3, [*argv[:-2], "launcher.rank_wrapper=false", "--", "hostname"],
+                             cwd=tmp_path)
     assert p.returncode == 0, slurm_cluster.explain(p)
     assert p.stdout.strip().splitlines()[-1] == \
         "srun -N 3 --ntasks-per-node=1 --mpi=pmi2 hostname"

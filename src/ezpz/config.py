@@ -8,6 +8,7 @@ the Hydra config itself.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from enum import Enum
@@ -127,13 +128,32 @@ def format_size(n: float) -> str:
 # --------------------------------------------------------------------------------------
 # config groups
 # --------------------------------------------------------------------------------------
+def check_regexes(key: str, patterns: Any) -> None:
+    """Each of ``patterns`` must compile and must not match an empty line (such a pattern
+    would match every line). Raises :class:`ConfigError` naming ``key[i]``."""
+    for i, pattern in enumerate(patterns or []):
+        where = f"{key}[{i}]"
+        if not isinstance(pattern, str) or not pattern:
+            raise ConfigError(f"{where}: {pattern!r} is not a regular expression (give a "
+                              "non-empty string)")
+        try:
+            compiled = re.compile(pattern)
+        except re.error as exc:
+            raise ConfigError(f"{where}: {pattern!r} is not a regular expression ({exc}); "
+                              "escape special characters with a backslash") from None
+        if compiled.search(""):
+            raise ConfigError(f"{where}: {pattern!r} matches every line (it matches an empty "
+                              "string); make it more specific")
+
+
 @dataclass
 class MachineConfig:
     """A machine preset (``conf/machine/*.yaml``). Every value is overridable."""
 
     name: str = "local"
     description: str = ""
-    #: GPUs (or tiles) per node; ``None`` means count them with torch if it is installed, else 0.
+    #: GPUs (or tiles) per node; ``None``: from the Slurm allocation inside one, else counted
+    #: with torch if it is installed, else 0.
     gpus_per_node: Optional[int] = None
     #: torch device type: cpu, cuda or xpu.
     device: str = "cpu"
@@ -153,8 +173,12 @@ class MachineConfig:
     node_starter: str = "mpiexec"
     #: Environment variables set for launched processes.
     env: dict[str, str] = field(default_factory=dict)
-    #: Substrings of known log noise dropped from launched processes' output.
+    #: Regular expressions (searched in each line) of known log noise: matching lines are
+    #: hidden from the console and kept in ``<run dir>/filtered.log``.
     filters: list[str] = field(default_factory=list)
+    #: Regular expressions of output that marks a bad node. A named group ``host`` names the
+    #: node (a host name or an address); without it, the node of the rank that printed the line.
+    bad_node_patterns: list[str] = field(default_factory=list)
     #: Import mpi4py before torch (needed on Polaris).
     import_mpi4py_first: bool = False
 
@@ -167,6 +191,8 @@ class MachineConfig:
                               "(choose mpiexec or srun)")
         if self.gpus_per_node is not None and self.gpus_per_node < 0:
             raise ConfigError(f"machine.gpus_per_node: must be 0 or more, got {self.gpus_per_node}")
+        check_regexes("machine.filters", self.filters)
+        check_regexes("machine.bad_node_patterns", self.bad_node_patterns)
 
 
 @dataclass
@@ -186,15 +212,32 @@ class LauncherConfig:
     verbose: bool = False
     #: Print the exact command and run nothing.
     dry_run: bool = False
-    #: Extra substrings to drop from the output (added to the machine's filters).
-    filters: list[str] = field(default_factory=list)
+    #: Regular expressions (searched in each line) of output to hide from the console (kept in
+    #: ``<run dir>/filtered.log``). null: the machine's filters; a list replaces them; []: none.
+    filters: Optional[list[str]] = None
     #: Extra arguments for the launcher itself, placed before the command.
     extra_args: list[str] = field(default_factory=list)
     #: An argv prefix put in front of the command on every process (container, numactl, ...).
     wrap: list[str] = field(default_factory=list)
-    #: torchrun rendezvous port and id (id defaults to the job id).
+    #: torchrun rendezvous port and id (id defaults to the job id); MASTER_PORT under mpiexec/srun.
     rdzv_port: int = 29500
     rdzv_id: Optional[str] = None
+    #: Seconds without any output from the job before it is stopped (exit 124); null: never.
+    idle_timeout: Optional[float] = None
+    #: Times a failed job is run again (each attempt is logged with its exit code and cause).
+    retries: int = 0
+    #: Seconds before the first rerun; doubles for every further one.
+    retry_delay: float = 10.0
+    #: Hosts of the job held back as spares: a host found bad is replaced by one and the job
+    #: relaunched (up to ``spares`` replacements, on top of ``retries``).
+    spares: int = 0
+    #: Seconds the job gets to exit after a forwarded signal or an idle stop before it is killed.
+    grace: float = 10.0
+    #: Prefix each line of output with the rank that printed it (``3: ...``).
+    label: bool = False
+    #: Run each rank under ezpz's rank wrapper (whole lines, labels, the DDP environment under
+    #: mpiexec/srun, a record of how a failed rank ended).
+    rank_wrapper: bool = True
 
     def __post_init__(self) -> None:
         if self.name not in ("mpiexec", "torchrun", "srun"):
@@ -204,6 +247,23 @@ class LauncherConfig:
             value = getattr(self, key)
             if value is not None and value < 1:
                 raise ConfigError(f"launcher.{key}: must be at least 1, got {value}")
+        for key in ("retries", "spares"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"launcher.{key}: must be 0 or more, got {getattr(self, key)}")
+        for key in ("retry_delay", "grace"):
+            value = getattr(self, key)
+            if not (math.isfinite(value) and value >= 0):
+                raise ConfigError(f"launcher.{key}: must be 0 or more seconds, got {value}")
+        if self.idle_timeout is not None and not (math.isfinite(self.idle_timeout)
+                                                  and self.idle_timeout > 0):
+            raise ConfigError(f"launcher.idle_timeout: must be more than 0 seconds, got "
+                              f"{self.idle_timeout} (null turns the watchdog off)")
+        if not 0 < self.rdzv_port < 65536:
+            raise ConfigError(f"launcher.rdzv_port: {self.rdzv_port} is not a TCP port (1-65535)")
+        if self.label and not self.rank_wrapper:
+            raise ConfigError("launcher.label=true needs launcher.rank_wrapper=true (the wrapper "
+                              "adds the labels)")
+        check_regexes("launcher.filters", self.filters)
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""PBS helpers kept from the original ezpz API, as thin layers over ezpz.hosts / ezpz.launch.
+"""PBS helpers kept from the original ezpz API, as thin layers over ezpz.launch.
 
 The returned launch commands are strings for display and for callers that expect them;
 ezpz itself never runs a string through a shell (use :func:`ezpz.launch.plan_launch` for
@@ -12,7 +12,7 @@ import shlex
 from typing import Mapping, Optional
 
 from .config import LauncherConfig
-from .hosts import PBS_AUX_DIR, discover_hosts
+from .launch.hosts import PBS_AUX_DIR, discover_hosts
 from .launch import load_machine, plan_launch
 
 _SENTINEL = "__ezpz_command__"

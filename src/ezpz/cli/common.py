@@ -20,7 +20,7 @@ from typing import Any, Callable, Sequence
 from .. import log as ezlog
 from ..config import Choice, choice_error
 from ..errors import ConfigError, EzpzError
-from ..hosts import detect_machine
+from ..launch.hosts import detect_machine
 
 CONFIG_MODULE = "ezpz.conf"
 _HYDRA_VALUE_FLAGS = {"--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd",
@@ -85,6 +85,14 @@ def resolve_machine(overrides: list[str], environ: dict[str, str] | None = None)
     name = detect_machine(environ=environ)
     out.insert(0, f"machine={name}")
     return out, name
+
+
+def default_launcher(overrides: list[str]) -> list[str]:
+    """``machine=slurm`` (given or detected) without a ``launcher=`` choice: ``launcher=srun``."""
+    keys = {o.partition("=")[0].lstrip("+~"): o.partition("=")[2] for o in overrides}
+    if keys.get("machine") == "slurm" and "launcher" not in keys:
+        return [*overrides, "launcher=srun"]
+    return list(overrides)
 
 
 def _first_sweep_values(overrides: list[str]) -> list[str]:
@@ -320,17 +328,21 @@ def standard_main(*, prog: str, description: str, config_name: str, groups: Sequ
                   task: Callable[[Any], int | None], argv: Sequence[str] | None,
                   examples: Sequence[str] = (), detect: bool = True,
                   config_in_help: bool = True,
-                  preflight: Callable[[Any], None] | None = None) -> int:
+                  preflight: Callable[[Any], None] | None = None,
+                  adjust: Callable[[list[str]], list[str]] | None = None) -> int:
     """The shared shape of every ezpz CLI: argv → one composition checked and converted to
     the schema dataclasses (a bad value: one line, exit 2, no run directory) → ``preflight``
     on those settings for a single run (the app's own checks before anything is written) →
-    Hydra runs ``task``. ``config_in_help``: --help also prints the composed config."""
+    Hydra runs ``task``. ``adjust`` may add overrides once the machine is known (e.g. its
+    default launcher); ``config_in_help``: --help also prints the composed config."""
     args = list(sys.argv[1:] if argv is None else argv)
     split = split_argv(args)
     overrides = split.overrides
     detected = None
     if detect:
         overrides, detected = resolve_machine(overrides)
+    if adjust is not None:
+        overrides = adjust(overrides)
     if any(f in ("--help", "-h") for f in split.flags):
         print_help(prog, description, config_name, groups,
                    [o for o in overrides if "," not in o], examples, config_in_help)

@@ -12,7 +12,7 @@ import sys
 from typing import Any, Sequence
 
 from ..errors import EXIT_USAGE, LaunchError
-from .common import fail, standard_main, to_settings
+from .common import default_launcher, fail, standard_main, to_settings
 
 DESCRIPTION = "run a command on every GPU of the job with the machine's launcher settings"
 EXAMPLES = (
@@ -20,6 +20,7 @@ EXAMPLES = (
     "ezpz-launch launcher.ngpus=8 -- python3 -m my.module",
     "ezpz-launch launcher=torchrun -- train.py",
     "ezpz-launch launcher.dry_run=true -- hostname",
+    "ezpz-launch launcher.retries=2 launcher.spares=1 launcher.idle_timeout=600 -- python3 train.py",
 )
 _NO_COMMAND = "no command to launch: give it after -- (ezpz-launch [overrides] -- cmd ...)"
 _INFO_FLAGS = {"--help", "-h", "--cfg", "-c", "--hydra-help", "--version", "--info", "-i",
@@ -42,8 +43,20 @@ def task(cfg: Any, command: Sequence[str] = ()) -> int:
     cmd = list(command) or [str(c) for c in settings.cmd]
     if not cmd:
         raise LaunchError(_NO_COMMAND)
-    plan = plan_launch(settings.machine, settings.launcher, cmd, workdir=_run_dir())
+    plan = plan_launch(settings.machine, settings.launcher, cmd, workdir=_run_dir(),
+                       wrap_ranks=settings.launcher.rank_wrapper)
     return run_plan(plan, dry_run=settings.launcher.dry_run)
+
+
+def preflight(settings: Any, command: Sequence[str]) -> None:
+    """What a user can get wrong (hosts, GPU counts, spares, srun outside an allocation) is
+    checked on the validated settings before Hydra makes a run directory: a refused launch
+    writes and starts nothing."""
+    from ..launch import resolve_hosts
+
+    if not command and not settings.cmd:
+        raise LaunchError(_NO_COMMAND)
+    resolve_hosts(settings.machine, settings.launcher, quiet=True)
 
 
 def split_command(argv: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -63,7 +76,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     return standard_main(prog="ezpz-launch", description=DESCRIPTION, config_name="launch",
                          groups=("machine", "launcher"),
                          task=functools.partial(task, command=command), argv=args,
-                         examples=EXAMPLES)
+                         examples=EXAMPLES, adjust=default_launcher,
+                         preflight=functools.partial(preflight, command=command))
 
 
 if __name__ == "__main__":

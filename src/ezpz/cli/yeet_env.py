@@ -23,7 +23,7 @@ from ..config import Backend, YeetConfig
 from ..errors import EXIT_FAILURE, ConfigError, EzpzError
 from ..jobenv import resolve_backend
 from ..log import get_logger
-from .common import fail, standard_main, to_settings
+from .common import default_launcher, fail, standard_main, to_settings
 
 DESCRIPTION = "deliver an environment archive to node-local /tmp on every node of the job"
 EXAMPLES = (
@@ -214,7 +214,7 @@ def _archive_kind(archive: Optional[Path]) -> Optional[str]:
 def preflight(settings: YeetConfig) -> None:
     """Check what a user can get wrong (transfer.src, backend, hosts) before Hydra creates a
     run directory: a refused run writes and starts nothing."""
-    from ..hosts import discover_hosts
+    from ..launch.hosts import discover_hosts
     from ..launch import resolve_topology
     from ..transfer import check_user_paths
 
@@ -241,7 +241,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return fail(str(exc), exc.exit_code)
     return standard_main(prog="ezpz-yeet-env", description=DESCRIPTION, config_name="yeet",
                          groups=("machine", "launcher", "transfer"), task=task, argv=args,
-                         examples=EXAMPLES, preflight=preflight)
+                         examples=EXAMPLES, preflight=preflight, adjust=default_launcher)
 
 
 if __name__ == "__main__":

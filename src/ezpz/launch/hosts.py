@@ -15,8 +15,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
-from .errors import LaunchError
-from .log import get_logger
+from ..errors import LaunchError
+from ..log import get_logger
 
 log = get_logger(__name__)
 
