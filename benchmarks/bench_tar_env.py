@@ -28,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from payload import ensure, tree_stats  # noqa: E402
+from payload import ensure, tree_stats
 
 
 def warm(venv: Path) -> None:

@@ -34,6 +34,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
 
 import payload  # noqa: E402
+
 import simnodes  # noqa: E402
 
 PY = sys.executable

@@ -9,7 +9,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-import simnodes  # noqa: E402
+import simnodes
 
 # The session-scoped throwaway Slurm cluster fixture (tests/slurm_cluster.py).
 pytest_plugins = ("slurm_cluster",)

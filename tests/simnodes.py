@@ -15,9 +15,9 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 HERE = Path(__file__).resolve().parent
 SIMNODE = str(HERE / "simnode.sh")

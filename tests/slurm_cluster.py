@@ -28,8 +28,8 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Iterator, Mapping, Sequence
 
 import pytest
 
@@ -279,7 +279,7 @@ class SlurmCluster:
                 states[parts[0]] = parts[1]
         return states
 
-    def start(self, timeout: float = 60) -> "SlurmCluster":
+    def start(self, timeout: float = 60) -> SlurmCluster:
         ok, why = available()
         if not ok:
             raise ClusterError(why)

@@ -10,11 +10,11 @@ import tarfile
 
 import pytest
 
+from ezpz.errors import ArchiveError
 from ezpz.formats import prefix as prefixes
 from ezpz.formats import tarheader
 from ezpz.pack import sinks, writer
 from ezpz.pack import tree as packtree
-from ezpz.errors import ArchiveError
 
 
 def test_headers_round_trip_through_tarfile_including_long_fields():

@@ -8,8 +8,14 @@ import sys
 
 import pytest
 
-from ezpz.cli.common import compose, config_options, resolve_machine, split_argv, to_settings, \
-    validate_overrides
+from ezpz.cli.common import (
+    compose,
+    config_options,
+    resolve_machine,
+    split_argv,
+    to_settings,
+    validate_overrides,
+)
 from ezpz.config import LaunchConfig, TarEnvConfig, YeetConfig, format_size, parse_size
 from ezpz.errors import ConfigError
 from ezpz.launch.hosts import detect_machine, short_hostname

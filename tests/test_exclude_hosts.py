@@ -6,8 +6,8 @@ import pytest
 
 from ezpz.config import LauncherConfig, MachineConfig
 from ezpz.errors import LaunchError
-from ezpz.launch.hosts import HostList, exclude_hosts
 from ezpz.launch import plan_launch
+from ezpz.launch.hosts import HostList, exclude_hosts
 
 HOSTS = ["x4000c0s0b0n0.hostmgmt.cm.aurora.alcf.anl.gov", "x4000c0s1b0n0.hostmgmt.cm.aurora.alcf.anl.gov",
          "x4000c0s2b0n0.hostmgmt.cm.aurora.alcf.anl.gov"]

@@ -7,8 +7,15 @@ import os
 import pytest
 
 from ezpz.errors import LaunchError
-from ezpz.launch.hosts import (all_local, discover_hosts, expand_nodelist, is_local_host,
-                        read_hostfile, short_hostname, unique_hosts)
+from ezpz.launch.hosts import (
+    all_local,
+    discover_hosts,
+    expand_nodelist,
+    is_local_host,
+    read_hostfile,
+    short_hostname,
+    unique_hosts,
+)
 
 AURORA_A = "x4711c1s2b0n0.hostmgmt2711.cm.aurora.alcf.anl.gov"
 AURORA_B = "x4711c1s3b0n0.hostmgmt2711.cm.aurora.alcf.anl.gov"

@@ -20,9 +20,16 @@ import pytest
 from ezpz.cli.common import compose, to_settings
 from ezpz.config import LauncherConfig, MachineConfig
 from ezpz.errors import ConfigError, LaunchError
+from ezpz.launch import (
+    Topology,
+    build_argv,
+    plan_launch,
+    rank_wrapper_argv,
+    resolve_cpu_bind,
+    resolve_topology,
+    torchrun_argv,
+)
 from ezpz.launch.hosts import HostList
-from ezpz.launch import (Topology, build_argv, plan_launch, rank_wrapper_argv, resolve_cpu_bind,
-                         resolve_topology, torchrun_argv)
 
 EXPECTED = Path(__file__).parent / "expected" / "launch_commands.json"
 REGEN = os.environ.get("EZPZ_REGEN_EXPECTED") == "1"

@@ -11,8 +11,15 @@ import pytest
 
 from ezpz.config import LauncherConfig, MachineConfig
 from ezpz.errors import LaunchError
-from ezpz.launch import (HostList, diagnose, failover_plan, next_attempt, plan_launch,
-                         resolve_topology, slurm_gpus_per_node)
+from ezpz.launch import (
+    HostList,
+    diagnose,
+    failover_plan,
+    next_attempt,
+    plan_launch,
+    resolve_topology,
+    slurm_gpus_per_node,
+)
 from ezpz.launch.failover import read_rank_records
 from ezpz.launch.output import HostHit
 
@@ -21,7 +28,7 @@ AURORA = MachineConfig(name="aurora", gpus_per_node=12, mpiexec_flavor="pals",
 NODES = [f"x4000c0s{i}b0n0" for i in range(4)]
 
 
-def _aurora_plan(tmp_path: Path, spares: int = 2, **kw) -> "object":
+def _aurora_plan(tmp_path: Path, spares: int = 2, **kw) -> object:
     nodefile = tmp_path / "nodefile"
     nodefile.write_text("".join(f"{h}\n" for h in NODES))
     return plan_launch(AURORA, LauncherConfig(spares=spares, **kw), ["python3", "train.py"],

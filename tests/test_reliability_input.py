@@ -148,10 +148,8 @@ def _is_string_built(node: ast.AST) -> bool:
         return True
     if isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Add, ast.Mod)):
         return _is_string_built(node.left) or _is_string_built(node.right)
-    if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) \
-            and node.func.attr in ("format", "join"):
-        return True
-    return False
+    return isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) \
+        and node.func.attr in ("format", "join")
 
 
 def shell_uses(source: str, filename: str) -> list[str]:

@@ -21,7 +21,6 @@ import pytest
 
 from ezpz.formats.manifest import BUNDLED_PYTHON_RELPATH, Manifest
 from ezpz.relocate import relocate
-
 from test_relocate import files_holding, make_manifest, run, unpack
 
 BASE = Path(sys.base_prefix)

@@ -13,15 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from ezpz.formats import prefix as prefixes
-from ezpz.formats.manifest import iter_members, read_manifest
-from ezpz.formats.prefix import find_prefix_files
-from ezpz.pack import packer as tar_env
-from ezpz.pack import writer
-from ezpz.pack import tree as packtree
 from ezpz.config import ArchiveSpec, EnvSpec, TarEnvConfig
 from ezpz.errors import ArchiveError, ConfigError
-from ezpz.formats.manifest import MANIFEST_RELPATH
+from ezpz.formats import prefix as prefixes
+from ezpz.formats.manifest import MANIFEST_RELPATH, iter_members, read_manifest
+from ezpz.formats.prefix import find_prefix_files
+from ezpz.pack import packer as tar_env
+from ezpz.pack import tree as packtree
+from ezpz.pack import writer
 
 CODECS = ["zstd", "gzip", "none"]
 PY = sys.executable
@@ -188,7 +187,8 @@ def test_conda_like_round_trip(conda, tmp_path, codec):
 
 def test_manifest_lists_exactly_the_prefix_files(venv):
     expected = expected_prefix_files(venv)
-    assert expected["lib/python%d.%d/site-packages/pkg/big.dat" % sys.version_info[:2]] == "binary"
+    major, minor = sys.version_info[:2]
+    assert expected[f"lib/python{major}.{minor}/site-packages/pkg/big.dat"] == "binary"
     assert {p.path: p.mode for p in find_prefix_files(venv, str(venv))} == expected
     some = sorted(expected)[:2] + ["bin/python"]  # a symlink is never a prefix file
     assert [p.path for p in find_prefix_files(venv, str(venv), some)] == sorted(expected)[:2]
@@ -225,7 +225,7 @@ def test_repacking_an_unpacked_env_keeps_one_manifest(venv, tmp_path):
 def test_manifest_larger_than_the_reserve_is_copied_in_front(tmp_path):
     root = tmp_path / "many"
     root.mkdir()
-    for i in range(300):  # random names: the compressed manifest cannot fit in 4 KiB
+    for _ in range(300):  # random names: the compressed manifest cannot fit in 4 KiB
         (root / (os.urandom(12).hex() + ".txt")).write_text(f"{root}\n")
     tree = packtree.walk_tree(str(root), "many")
     from ezpz.formats.manifest import Manifest
@@ -234,7 +234,7 @@ def test_manifest_larger_than_the_reserve_is_copied_in_front(tmp_path):
         fh = open(tmp_path / f"a.{codec}", "w+b")
         spilled = []
 
-        def spill(codec=codec):
+        def spill(codec=codec, spilled=spilled):
             spilled.append(open(tmp_path / f"b.{codec}", "xb"))
             return spilled[-1]
 

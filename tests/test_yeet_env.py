@@ -14,8 +14,8 @@ import pytest
 import simnodes
 from ezpz.cli.common import compose, to_settings
 from ezpz.cli.yeet_env import hydra_quote, translate_compat
-from ezpz.jobenv import resolve_backend
 from ezpz.errors import ConfigError
+from ezpz.jobenv import resolve_backend
 
 PY = sys.executable
 HOSTILE = ["/a b/it's \"x\".tar.zst", "a'; echo x", "back\\slash\\", "${oops}", "x=1,2", "é"]

@@ -1,6 +1,7 @@
 """ezpz: pack a Python environment once, broadcast it to every node's /tmp, launch anything."""
 
-from importlib.metadata import PackageNotFoundError, version as _version
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as _version
 
 try:
     __version__ = _version("ezpz")

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import socket
 from datetime import timedelta
-from typing import Optional
 
 from .errors import ConfigError
 from .jobenv import get_local_rank, get_rank, get_world_size
@@ -46,8 +45,8 @@ def _share_master_addr(rank: int, world_size: int) -> None:
         os.environ["MASTER_ADDR"] = "localhost"
 
 
-def setup_torch_DDP(rank: Optional[int] = None, world_size: Optional[int] = None,  # noqa: N802
-                    timeout: float | timedelta = 3600, backend: Optional[str] = None) -> int:
+def setup_torch_DDP(rank: int | None = None, world_size: int | None = None,
+                    timeout: float | timedelta = 3600, backend: str | None = None) -> int:
     """Initialise torch.distributed (``env://``) and return the world size.
 
     A no-op (returning the existing world size) when a process group already exists.

@@ -6,7 +6,7 @@ import json
 import os
 import shutil
 import time
-from typing import Any, Optional
+from typing import Any
 
 
 def write_all(fd: int, data: Any) -> None:
@@ -16,7 +16,7 @@ def write_all(fd: int, data: Any) -> None:
         view = view[os.write(fd, view):]
 
 
-def free_bytes(path: str) -> Optional[int]:
+def free_bytes(path: str) -> int | None:
     """Bytes an unprivileged user may still write under ``path``; None when unknown
     (pseudo filesystems report no size)."""
     try:
@@ -52,7 +52,7 @@ def remove(path: str) -> None:
             time.sleep(0.05)
 
 
-def write_json_atomic(path: str, obj: Any, indent: Optional[int] = 1) -> None:
+def write_json_atomic(path: str, obj: Any, indent: int | None = 1) -> None:
     """``obj`` as JSON at ``path``, through a temporary file renamed over it."""
     tmp = f"{path}.tmp-{os.getpid()}"
     with open(tmp, "w") as fh:
@@ -74,7 +74,7 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def current_umask() -> Optional[int]:
+def current_umask() -> int | None:
     """The process's umask, read without changing it (Linux); None when unknown."""
     try:
         with open("/proc/self/status", "rb") as fh:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import Optional
 
 from .config import Backend, choice
 from .errors import ConfigError
@@ -25,12 +24,12 @@ LOCAL_RANK_VARS = ("LOCAL_RANK", "PALS_LOCAL_RANKID", "MPI_LOCALRANKID",
 MPI_RANK_VARS = ("PMI_RANK", "PMI_SIZE", "PMIX_RANK", "OMPI_COMM_WORLD_RANK", "PALS_RANKID")
 
 
-def _env(environ: Optional[Mapping[str, str]]) -> Mapping[str, str]:
+def _env(environ: Mapping[str, str] | None) -> Mapping[str, str]:
     return os.environ if environ is None else environ
 
 
 def _first_int(names: tuple[str, ...], default: int,
-               environ: Optional[Mapping[str, str]]) -> int:
+               environ: Mapping[str, str] | None) -> int:
     """The first of ``names`` set to an integer in the environment, else ``default``."""
     env = _env(environ)
     for var in names:
@@ -40,22 +39,22 @@ def _first_int(names: tuple[str, ...], default: int,
     return default
 
 
-def get_rank(environ: Optional[Mapping[str, str]] = None) -> int:
+def get_rank(environ: Mapping[str, str] | None = None) -> int:
     """This process's rank as set by the launcher (0 when not launched)."""
     return _first_int(RANK_VARS, 0, environ)
 
 
-def get_world_size(environ: Optional[Mapping[str, str]] = None) -> int:
+def get_world_size(environ: Mapping[str, str] | None = None) -> int:
     """World size as set by the launcher (1 when not launched)."""
     return _first_int(SIZE_VARS, 1, environ)
 
 
-def get_local_rank(environ: Optional[Mapping[str, str]] = None) -> int:
+def get_local_rank(environ: Mapping[str, str] | None = None) -> int:
     """Rank within the node as set by the launcher (0 when not launched)."""
     return _first_int(LOCAL_RANK_VARS, 0, environ)
 
 
-def under_torchrun(environ: Optional[Mapping[str, str]] = None) -> bool:
+def under_torchrun(environ: Mapping[str, str] | None = None) -> bool:
     """Whether torchrun (torch elastic) started this process."""
     env = _env(environ)
     if env.get("TORCHELASTIC_RUN_ID"):
@@ -64,8 +63,8 @@ def under_torchrun(environ: Optional[Mapping[str, str]] = None) -> bool:
         and not any(v in env for v in MPI_RANK_VARS)
 
 
-def resolve_backend(backend: str | Backend, launcher: Optional[str] = None,
-                    environ: Optional[Mapping[str, str]] = None) -> Backend:
+def resolve_backend(backend: str | Backend, launcher: str | None = None,
+                    environ: Mapping[str, str] | None = None) -> Backend:
     """The transfer backend ``auto`` stands for; the one rule for every caller.
 
     With the launcher known (``ezpz-yeet-env`` builds the launch): torch under torchrun (its

@@ -9,23 +9,23 @@ from __future__ import annotations
 
 import os
 import shlex
-from typing import Mapping, Optional
+from collections.abc import Mapping
 
 from .config import LauncherConfig
-from .launch.hosts import PBS_AUX_DIR, discover_hosts
 from .launch import load_machine, plan_launch
+from .launch.hosts import PBS_AUX_DIR, discover_hosts
 
 _SENTINEL = "__ezpz_command__"
 
 
-def get_pbs_jobid(environ: Optional[Mapping[str, str]] = None) -> Optional[str]:
+def get_pbs_jobid(environ: Mapping[str, str] | None = None) -> str | None:
     """``PBS_JOBID`` of this job, or None outside a PBS job."""
     env = os.environ if environ is None else environ
     return env.get("PBS_JOBID") or None
 
 
-def get_pbs_nodefile(jobid: Optional[str] = None,
-                     environ: Optional[Mapping[str, str]] = None) -> Optional[str]:
+def get_pbs_nodefile(jobid: str | None = None,
+                     environ: Mapping[str, str] | None = None) -> str | None:
     """``PBS_NODEFILE``, else ``/var/spool/pbs/aux/<jobid>`` when it exists, else None."""
     env = os.environ if environ is None else environ
     if env.get("PBS_NODEFILE"):
@@ -38,9 +38,9 @@ def get_pbs_nodefile(jobid: Optional[str] = None,
     return None
 
 
-def get_pbs_launch_cmd(ngpus: Optional[int] = None, nhosts: Optional[int] = None,
-                       ngpu_per_host: Optional[int] = None,
-                       hostfile: Optional[str] = None) -> str:
+def get_pbs_launch_cmd(ngpus: int | None = None, nhosts: int | None = None,
+                       ngpu_per_host: int | None = None,
+                       hostfile: str | None = None) -> str:
     """The mpiexec prefix (without the command) for this job on the detected machine.
 
     Any subset of ngpus / nhosts / ngpu_per_host may be given (see
@@ -52,11 +52,11 @@ def get_pbs_launch_cmd(ngpus: Optional[int] = None, nhosts: Optional[int] = None
     return shlex.join(plan.argv[:-1])
 
 
-def build_launch_cmd(hostfile: Optional[str] = None) -> str:
+def build_launch_cmd(hostfile: str | None = None) -> str:
     """The launch prefix for every GPU of the job (original ezpz name)."""
     return get_pbs_launch_cmd(hostfile=hostfile)
 
 
-def get_hosts(hostfile: Optional[str] = None) -> list[str]:
+def get_hosts(hostfile: str | None = None) -> list[str]:
     """The job's unique hosts (hostfile, PBS, Slurm or localhost)."""
     return discover_hosts(hostfile).hosts

@@ -25,8 +25,9 @@ import math
 import os
 import statistics
 import tempfile
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any
 
 from .config import format_size, parse_size
 from .errors import ConfigError, EzpzError
@@ -56,19 +57,19 @@ class Run:
     path: str
     #: Task overrides (key → value as typed), without the repeat index.
     overrides: dict[str, str]
-    repeat_index: Optional[int] = None
+    repeat_index: int | None = None
     status: str = "failed"
-    exit_code: Optional[int] = None
-    total_s: Optional[float] = None
-    mb_s: Optional[float] = None
-    phases: dict[str, Optional[float]] = field(default_factory=dict)
-    nodes: Optional[int] = None
-    archive_bytes: Optional[int] = None
-    codec: Optional[str] = None
+    exit_code: int | None = None
+    total_s: float | None = None
+    mb_s: float | None = None
+    phases: dict[str, float | None] = field(default_factory=dict)
+    nodes: int | None = None
+    archive_bytes: int | None = None
+    codec: str | None = None
     failed_hosts: list[str] = field(default_factory=list)
     error: str = ""
     #: The parsed results.json (None when the job has none).
-    results: Optional[dict[str, Any]] = None
+    results: dict[str, Any] | None = None
 
     @property
     def timed(self) -> bool:
@@ -82,17 +83,17 @@ class Point:
     values: dict[str, str]
     runs: list[Run]
     status: str = "failed"
-    total_s: Optional[float] = None
-    mb_s: Optional[float] = None
-    mb_s_min: Optional[float] = None
-    mb_s_max: Optional[float] = None
-    phases: dict[str, Optional[float]] = field(default_factory=dict)
+    total_s: float | None = None
+    mb_s: float | None = None
+    mb_s_min: float | None = None
+    mb_s_max: float | None = None
+    phases: dict[str, float | None] = field(default_factory=dict)
 
     @property
     def ok_runs(self) -> int:
         return sum(1 for r in self.runs if r.status == "ok")
 
-    def label(self, keys: Optional[Sequence[str]] = None) -> str:
+    def label(self, keys: Sequence[str] | None = None) -> str:
         keys = list(self.values) if keys is None else keys
         return " ".join(f"{k}={self.values[k]}" for k in keys) or "(single point)"
 
@@ -103,9 +104,9 @@ class Summary:
 
     keys: list[str]
     points: list[Point]
-    best: Optional[Point]
+    best: Point | None
     #: The swept key on the plot's x axis (None when nothing was swept).
-    x_key: Optional[str]
+    x_key: str | None
 
     @property
     def runs(self) -> list[Run]:
@@ -136,7 +137,7 @@ def load_results(path: str) -> dict[str, Any]:
     return data
 
 
-def load_overrides(job_dir: str) -> Optional[list[str]]:
+def load_overrides(job_dir: str) -> list[str] | None:
     """The task overrides Hydra saved for a job (``.hydra/overrides.yaml``), or None."""
     path = os.path.join(job_dir, OVERRIDES_FILE)
     if not os.path.exists(path):
@@ -171,7 +172,7 @@ def _flatten(config: Any, prefix: str = "") -> dict[str, str]:
             (str(config).lower() if isinstance(config, bool) else str(config))}
 
 
-def _number(value: Any) -> Optional[float]:
+def _number(value: Any) -> float | None:
     if isinstance(value, bool) or value is None:
         return None
     try:
@@ -181,7 +182,7 @@ def _number(value: Any) -> Optional[float]:
     return x if math.isfinite(x) else None
 
 
-def _int(value: Any) -> Optional[int]:
+def _int(value: Any) -> int | None:
     x = _number(value)
     return int(x) if x is not None else None
 
@@ -331,7 +332,7 @@ def swept_keys(runs: Sequence[Run]) -> list[str]:
     return [k for k in keys if len({r.overrides.get(k, "") for r in runs}) > 1]
 
 
-def _median(values: Sequence[Optional[float]]) -> Optional[float]:
+def _median(values: Sequence[float | None]) -> float | None:
     vals = [v for v in values if v is not None]
     return statistics.median(vals) if vals else None
 
@@ -341,7 +342,7 @@ def _point_status(runs: Sequence[Run]) -> str:
     return statuses.pop() if len(statuses) == 1 else "mixed"
 
 
-def choose_x_key(keys: Sequence[str], points: Sequence[Point]) -> Optional[str]:
+def choose_x_key(keys: Sequence[str], points: Sequence[Point]) -> str | None:
     """The numeric swept key with the most distinct values (else the first swept key)."""
     if not keys:
         return None
@@ -353,7 +354,7 @@ def choose_x_key(keys: Sequence[str], points: Sequence[Point]) -> Optional[str]:
     return best or keys[0]
 
 
-def summarize(runs: Sequence[Run], x_key: Optional[str] = None) -> Summary:
+def summarize(runs: Sequence[Run], x_key: str | None = None) -> Summary:
     """Group runs into points (same swept values), take medians, pick the best point.
 
     The best point is the one with the highest median MB/s among points whose runs all
@@ -391,11 +392,11 @@ COLUMNS = ("status", "runs", "ok_runs", "total_s", "mb_s", "mb_s_min", "mb_s_max
            *(f"{p}_s" for p in PHASES), "nodes", "archive_bytes", "codec", "jobs", "error")
 
 
-def _fmt(value: Optional[float], digits: int) -> str:
+def _fmt(value: float | None, digits: int) -> str:
     return "" if value is None else f"{value:.{digits}f}"
 
 
-def _fmt_rate(value: Optional[float]) -> str:
+def _fmt_rate(value: float | None) -> str:
     """MB/s for people: 3 significant digits for small rates, one decimal from 100 up."""
     if value is None:
         return ""
@@ -647,7 +648,7 @@ def write_summary(summary: Summary, out_dir: str, plot: bool = True) -> Written:
     return Written(paths, notes)
 
 
-def build_report(dirs: Sequence[str], out_dir: Optional[str] = None, *, x_key: Optional[str] = None,
+def build_report(dirs: Sequence[str], out_dir: str | None = None, *, x_key: str | None = None,
                  plot: bool = True, require_results: bool = True) -> tuple[Summary, Written]:
     """Read every job under ``dirs``, summarise, write into ``out_dir`` (default: the one dir).
 

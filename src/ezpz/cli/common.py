@@ -13,9 +13,10 @@ import functools
 import os
 import sys
 import traceback
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from .. import log as ezlog
 from ..config import Choice, choice_error
@@ -189,7 +190,7 @@ def to_settings(cfg: Any, keys: Sequence[str] | None = None) -> Any:
         return OmegaConf.to_object(OmegaConf.masked_copy(cfg, list(keys)))
     except ConfigError:
         raise
-    except Exception as exc:  # noqa: BLE001 - rewrap OmegaConf's errors as one line
+    except Exception as exc:
         raise ConfigError(describe_config_exception(exc)) from exc
 
 
@@ -201,7 +202,7 @@ def validate_overrides(config_name: str, overrides: list[str], multirun: bool) -
         cfg = compose(config_name, _first_sweep_values(overrides) if multirun else overrides)
     except ConfigError:
         raise
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         if "HydraConfig was not set" in str(exc):
             # ${hydra:...} interpolations only resolve inside a Hydra run: Hydra checks them there.
             return None

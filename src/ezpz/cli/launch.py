@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import functools
 import sys
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from ..errors import EXIT_USAGE, LaunchError
 from .common import default_launcher, fail, standard_main, to_settings

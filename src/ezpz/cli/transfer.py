@@ -15,7 +15,8 @@ and resolves it on each rank; the last form composes with Hydra.
 from __future__ import annotations
 
 import sys
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from ..errors import EXIT_USAGE, ConfigError
 
@@ -29,14 +30,14 @@ _USAGE = ("use --spec FILE [--run-dir DIR], or --config-file FILE [--run-dir DIR
           "[key=value ...]")
 
 
-def _run(spec: Any, run_dir: Optional[str]) -> int:
+def _run(spec: Any, run_dir: str | None) -> int:
     from ..transfer import run_transfer
 
     result = run_transfer(spec, run_dir=run_dir)
     return result.exit_code if result is not None else 0
 
 
-def _settings_task(cfg: Any, run_dir: Optional[str]) -> int:
+def _settings_task(cfg: Any, run_dir: str | None) -> int:
     from ..transfer import spec_for
     from .common import to_settings
 
@@ -50,9 +51,9 @@ def _hydra_task(cfg: Any) -> int:
     return _settings_task(cfg, HydraConfig.get().runtime.output_dir)
 
 
-def _parse(argv: Sequence[str]) -> tuple[dict[str, Optional[str]], list[str]]:
+def _parse(argv: Sequence[str]) -> tuple[dict[str, str | None], list[str]]:
     """``--spec``/``--config-file``/``--run-dir`` (``--k v`` or ``--k=v``) and overrides."""
-    opts: dict[str, Optional[str]] = {"spec": None, "config-file": None, "run-dir": None}
+    opts: dict[str, str | None] = {"spec": None, "config-file": None, "run-dir": None}
     overrides: list[str] = []
     it = iter(argv)
     for a in it:
@@ -82,7 +83,7 @@ def _load_config_file(path: str, overrides: list[str]) -> Any:
         return OmegaConf.merge(base, loaded, OmegaConf.from_dotlist(overrides))
     except FileNotFoundError:
         raise ConfigError(f"--config-file: {path} does not exist") from None
-    except Exception as exc:  # noqa: BLE001 - OmegaConf's errors become one line
+    except Exception as exc:
         raise ConfigError(f"--config-file {path}: {describe_config_exception(exc)}") from exc
 
 
@@ -111,7 +112,7 @@ def main_files(argv: Sequence[str]) -> int:
     return _go()
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if any(a.split("=", 1)[0] in ("--spec", "--config-file", "--run-dir") for a in args):
         return main_files(args)

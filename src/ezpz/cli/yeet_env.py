@@ -16,8 +16,9 @@ from __future__ import annotations
 import json
 import re
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 from ..config import Backend, YeetConfig
 from ..errors import EXIT_FAILURE, ConfigError, EzpzError
@@ -84,7 +85,7 @@ def translate_compat(argv: Sequence[str]) -> list[str]:
 # --------------------------------------------------------------------------------------
 # the run
 # --------------------------------------------------------------------------------------
-def check_src(src: Optional[str]) -> tuple[Optional[Path], Optional[Path]]:
+def check_src(src: str | None) -> tuple[Path | None, Path | None]:
     """``(archive, env_to_pack)``: an existing file is the archive; a directory (or nothing:
     the running environment) must be packed first. A missing path is a ConfigError."""
     if src is None:
@@ -169,7 +170,7 @@ def task(cfg: Any) -> int:
     return _finish(run_dir, rc, archive)
 
 
-def _finish(run_dir: Path, rc: int, archive: Optional[Path]) -> int:
+def _finish(run_dir: Path, rc: int, archive: Path | None) -> int:
     from ..transfer import RESULTS_FILE
     from ..transfer.results import activation_for
 
@@ -198,7 +199,7 @@ def _finish(run_dir: Path, rc: int, archive: Optional[Path]) -> int:
     return code
 
 
-def _archive_kind(archive: Optional[Path]) -> Optional[str]:
+def _archive_kind(archive: Path | None) -> str | None:
     if archive is None:
         return None
     from ..errors import ArchiveError
@@ -214,8 +215,8 @@ def _archive_kind(archive: Optional[Path]) -> Optional[str]:
 def preflight(settings: YeetConfig) -> None:
     """Check what a user can get wrong (transfer.src, backend, hosts) before Hydra creates a
     run directory: a refused run writes and starts nothing."""
-    from ..launch.hosts import discover_hosts
     from ..launch import resolve_topology
+    from ..launch.hosts import discover_hosts
     from ..transfer import check_user_paths
 
     resolve_backend(settings.transfer.backend, settings.launcher.name)

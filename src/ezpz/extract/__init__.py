@@ -32,16 +32,16 @@ member the helper does not finish, goes through the checks and writes below. Set
 
 from __future__ import annotations
 
-from typing import BinaryIO, Optional
+from typing import BinaryIO
 
 from ..errors import ArchiveError
-from ..formats.codecs import detect, decode_error, open_decoder
+from ..formats.codecs import decode_error, detect, open_decoder
 from .checks import ExtractReport, MemberChecker
 from .streams import Aborted, ChunkStream, Prepend, peek
 from .writers import SafeExtractor
 
 
-def extract_stream(raw: BinaryIO, dest: str, *, codec: Optional[str] = None,
+def extract_stream(raw: BinaryIO, dest: str, *, codec: str | None = None,
                    engine: str = "python", label: str = "archive") -> ExtractReport:
     """Decompress ``raw`` (codec detected from its first bytes unless given) into ``dest``."""
     if codec is None:
@@ -53,7 +53,7 @@ def extract_stream(raw: BinaryIO, dest: str, *, codec: Optional[str] = None,
                            f"{codec}); pass transfer.decompress=false to copy it as a file")
     try:
         decoded = open_decoder(raw, codec)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise decode_error(exc, label, codec) from exc
     return SafeExtractor(dest, engine=engine, label=label).run(decoded, codec)
 

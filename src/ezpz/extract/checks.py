@@ -6,7 +6,6 @@ import os
 import stat
 import tarfile
 from dataclasses import dataclass
-from typing import Optional
 
 from ..errors import ArchiveError
 
@@ -27,7 +26,7 @@ class ExtractReport:
     #: Bytes of the decompressed tar stream.
     tar_bytes: int = 0
     #: The single top-level directory of the archive, or None when there is not exactly one.
-    top: Optional[str] = None
+    top: str | None = None
     #: Members whose setuid/setgid bits were dropped.
     dropped_bits: int = 0
     seconds: float = 0.0
@@ -181,7 +180,7 @@ class MemberChecker:
         mode = ti.mode & 0o7777
         return rel, mode & ~DROP_BITS
 
-    def single_top(self) -> Optional[str]:
+    def single_top(self) -> str | None:
         if len(self.tops) == 1 and not self.has_root:
             (name, is_dir), = self.tops.items()
             if is_dir:

@@ -20,7 +20,7 @@ class DecodeAhead:
     """
 
     def __init__(self, raw: Any, codec: str, depth: int = 8) -> None:
-        self._q: "queue.Queue[Any]" = queue.Queue(maxsize=depth)
+        self._q: queue.Queue[Any] = queue.Queue(maxsize=depth)
         self._stop = threading.Event()
         self._cur = b""
         self._pos = 0

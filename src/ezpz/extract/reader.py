@@ -11,7 +11,6 @@ from __future__ import annotations
 import struct
 import tarfile
 import zlib
-from typing import Optional
 
 from ..errors import ArchiveError
 from .streams import ForwardReader
@@ -87,7 +86,7 @@ _FAST_TYPES = frozenset(b"0\x00521")
 _FAST_TYPE_BYTES = frozenset(bytes([t]) for t in _FAST_TYPES)
 
 
-def header_in_block(tf: tarfile.TarFile, reader: ForwardReader) -> Optional[int]:
+def header_in_block(tf: tarfile.TarFile, reader: ForwardReader) -> int | None:
     """The index in the reader's current block of the next header, when the parser's state is
     plain (no global pax headers, no member read ahead) and a whole header block lies there;
     None otherwise (``tf.next()`` must read it)."""
@@ -99,7 +98,7 @@ def header_in_block(tf: tarfile.TarFile, reader: ForwardReader) -> Optional[int]
     return reader._i
 
 
-def next_member(tf: tarfile.TarFile, reader: ForwardReader) -> Optional[tarfile.TarInfo]:
+def next_member(tf: tarfile.TarFile, reader: ForwardReader) -> tarfile.TarInfo | None:
     """The next member, like ``tf.next()``, with less work per plain ustar header.
 
     A header of a common type (optionally after a pax header holding only ``path`` and
@@ -114,7 +113,7 @@ def next_member(tf: tarfile.TarFile, reader: ForwardReader) -> Optional[tarfile.
         return tf.next()
     off = tf.offset
     buf = reader._buf
-    pax: Optional[dict[str, str]] = None
+    pax: dict[str, str] | None = None
     start = i
     if buf[i + 156] == 0x78:  # a pax header ('x') with only path/linkpath, read here
         got = _simple_pax(buf, i, tf)
@@ -145,7 +144,7 @@ def next_member(tf: tarfile.TarFile, reader: ForwardReader) -> Optional[tarfile.
     return ti
 
 
-def _simple_pax(buf: memoryview, i: int, tf: tarfile.TarFile) -> Optional[tuple[dict[str, str], int]]:
+def _simple_pax(buf: memoryview, i: int, tf: tarfile.TarFile) -> tuple[dict[str, str], int] | None:
     """The records of the pax header at ``buf[i]`` and the offset of the header after it, when
     both lie in ``buf``, the header is valid and holds nothing but ``path`` and ``linkpath``
     records in strict UTF-8; None otherwise (tarfile then reads it)."""

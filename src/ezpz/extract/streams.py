@@ -7,7 +7,8 @@ import io
 import queue
 import threading
 import time
-from typing import Any, BinaryIO, Callable, Optional
+from collections.abc import Callable
+from typing import Any, BinaryIO
 
 from ..formats.codecs import DETECT_BYTES, READ_SIZE
 from ..fsutil import write_all
@@ -28,17 +29,17 @@ class ChunkStream(io.RawIOBase):
 
     def __init__(self, depth: int = 4) -> None:
         super().__init__()
-        self._q: "queue.Queue[Any]" = queue.Queue(maxsize=max(1, depth))
-        self._cur: Optional[memoryview] = None
+        self._q: queue.Queue[Any] = queue.Queue(maxsize=max(1, depth))
+        self._cur: memoryview | None = None
         self._pos = 0
-        self._release: Optional[Callable[[], None]] = None
+        self._release: Callable[[], None] | None = None
         self._eof = False
         self._abort = threading.Event()
         self._lock = threading.Lock()  # guards _release (consumer and abort() both take it)
 
     # producer side -------------------------------------------------------------------
-    def put(self, chunk: Any, release: Optional[Callable[[], None]] = None,
-            timeout: Optional[float] = None) -> None:
+    def put(self, chunk: Any, release: Callable[[], None] | None = None,
+            timeout: float | None = None) -> None:
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             if self._abort.is_set():
@@ -50,7 +51,7 @@ class ChunkStream(io.RawIOBase):
                 return
             except queue.Full:
                 if deadline is not None and time.monotonic() > deadline:
-                    raise TimeoutError("extraction did not keep up within the timeout")
+                    raise TimeoutError("extraction did not keep up within the timeout") from None
 
     def close_input(self) -> None:
         while not self._abort.is_set():
@@ -112,9 +113,8 @@ class ChunkStream(io.RawIOBase):
     def readinto(self, b: Any) -> int:
         if self._eof:
             return 0
-        if self._cur is None or self._pos >= len(self._cur):
-            if not self._next():
-                return 0
+        if (self._cur is None or self._pos >= len(self._cur)) and not self._next():
+            return 0
         assert self._cur is not None
         n = min(len(b), len(self._cur) - self._pos)
         memoryview(b).cast("B")[:n] = self._cur[self._pos:self._pos + n]
@@ -135,7 +135,7 @@ class ForwardReader:
     engine), bytes above it are held back until :meth:`allow` moves the limit.
     """
 
-    def __init__(self, decoded: BinaryIO, sink: Optional[Callable[[memoryview], None]] = None):
+    def __init__(self, decoded: BinaryIO, sink: Callable[[memoryview], None] | None = None):
         self._src = decoded
         self._buf = memoryview(b"")
         self._i = 0

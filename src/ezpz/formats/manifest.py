@@ -10,7 +10,7 @@ import os
 import tarfile
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 from ..errors import ArchiveError
 from .codecs import open_file
@@ -40,19 +40,19 @@ class Manifest:
     name: str  # top-level directory name in the archive
     prefix: str  # original absolute prefix of the environment
     format: int = FORMAT_VERSION
-    python_version: Optional[str] = None  # "3.11.7"
-    python_implementation: Optional[str] = None  # "CPython"
+    python_version: str | None = None  # "3.11.7"
+    python_implementation: str | None = None  # "CPython"
     files: int = 0
     dirs: int = 0
     symlinks: int = 0
     total_bytes: int = 0  # uncompressed file bytes
     prefix_files: list[PrefixFile] = field(default_factory=list)
     #: Original prefix of an interpreter packed under BUNDLED_PYTHON_RELPATH (bundle_python=true).
-    bundled_python_prefix: Optional[str] = None
-    codec: Optional[str] = None
-    created_host: Optional[str] = None
-    created_time: Optional[str] = None  # ISO 8601, UTC
-    ezpz_version: Optional[str] = None
+    bundled_python_prefix: str | None = None
+    codec: str | None = None
+    created_host: str | None = None
+    created_time: str | None = None  # ISO 8601, UTC
+    ezpz_version: str | None = None
     excludes: list[str] = field(default_factory=list)
     #: Free-form facts used to decide whether an existing archive is up to date.
     source: dict[str, Any] = field(default_factory=dict)
@@ -61,7 +61,7 @@ class Manifest:
         return json.dumps(asdict(self), indent=1, sort_keys=True)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Manifest":
+    def from_dict(cls, data: dict[str, Any]) -> Manifest:
         if not isinstance(data, dict):
             raise ValueError(f"a manifest is a JSON object, not {type(data).__name__}")
         known = {f for f in cls.__dataclass_fields__}  # ignore keys from newer versions
@@ -71,11 +71,11 @@ class Manifest:
         return cls(**kwargs)
 
     @classmethod
-    def from_json(cls, text: str | bytes) -> "Manifest":
+    def from_json(cls, text: str | bytes) -> Manifest:
         return cls.from_dict(json.loads(text))
 
     @classmethod
-    def load(cls, env_root: str | os.PathLike[str]) -> Optional["Manifest"]:
+    def load(cls, env_root: str | os.PathLike[str]) -> Manifest | None:
         """The manifest of an extracted environment, or None when it has none."""
         path = os.path.join(env_root, MANIFEST_RELPATH)
         if not os.path.isfile(path):
@@ -84,7 +84,7 @@ class Manifest:
             return cls.from_json(fh.read())
 
 
-def read_manifest(path: str | os.PathLike[str]) -> Optional[Manifest]:
+def read_manifest(path: str | os.PathLike[str]) -> Manifest | None:
     """The manifest of an archive, or None when its first member is not an ezpz manifest.
 
     Only the start of the archive is decoded. Raises :class:`ArchiveError` when the file
@@ -123,7 +123,7 @@ def read_manifest(path: str | os.PathLike[str]) -> Optional[Manifest]:
             fh.close()
 
 
-def iter_members(path: str | os.PathLike[str]) -> Iterator[tuple[tarfile.TarInfo, Optional[bytes]]]:
+def iter_members(path: str | os.PathLike[str]) -> Iterator[tuple[tarfile.TarInfo, bytes | None]]:
     """(TarInfo, data or None) for every member, streaming (tests and tools)."""
     stream, _codec, fh = open_file(path)
     try:

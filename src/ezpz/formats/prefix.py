@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import stat
 from collections.abc import Iterable
-from typing import Optional
 
 from ..errors import ArchiveError
 from .manifest import PrefixFile
@@ -20,7 +19,7 @@ def classify(data: bytes) -> str:
     return "binary" if b"\0" in data else "text"
 
 
-def scan_file(path: str | os.PathLike[str], prefix: bytes) -> Optional[str]:
+def scan_file(path: str | os.PathLike[str], prefix: bytes) -> str | None:
     """``text``/``binary`` when the file contains ``prefix``, else None."""
     found = False
     nul = False
@@ -44,7 +43,7 @@ def scan_file(path: str | os.PathLike[str], prefix: bytes) -> Optional[str]:
 
 
 def find_prefix_files(root: str | os.PathLike[str], prefix: str | bytes,
-                      paths: Optional[Iterable[str]] = None) -> list[PrefixFile]:
+                      paths: Iterable[str] | None = None) -> list[PrefixFile]:
     """The regular files under ``root`` that contain ``prefix``, sorted by path.
 
     ``paths`` (relative, '/'-separated) limits the scan; by default every regular file under

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import struct
 import time
-from typing import Optional
 
 BLOCK = 512
 #: The largest size (and mtime) an 11-digit octal ustar field holds.
@@ -58,7 +57,7 @@ def _one_header(name: bytes, mode: int, size: int, mtime: int, typeflag: bytes,
     return h[:148] + b"%06o\0 " % sum(h) + h[156:]
 
 
-def member(name: bytes, data: bytes, mode: int = 0o644, mtime: Optional[int] = None) -> bytes:
+def member(name: bytes, data: bytes, mode: int = 0o644, mtime: int | None = None) -> bytes:
     """A complete regular-file member (header, data, padding)."""
     mtime = int(time.time()) if mtime is None else mtime
     return tar_header(name, mode, len(data), mtime, b"0") + data + bytes(-len(data) % BLOCK)

@@ -14,19 +14,50 @@
 
 from __future__ import annotations
 
-from .argv import (NODE_STARTERS, build_argv, mpiexec_argv, rank_wrapper_argv, srun_argv,
-                   torchrun_argv)
+from .argv import (
+                   NODE_STARTERS,
+                   build_argv,
+                   mpiexec_argv,
+                   rank_wrapper_argv,
+                   srun_argv,
+                   torchrun_argv,
+)
 from .failover import diagnose, failover_plan
-from .hosts import (HostList, all_local, detect_machine, discover_hosts, exclude_hosts,
-                    expand_nodelist, is_local_host, read_hostfile, short_hostname,
-                    unique_hosts)
+from .hosts import (
+                   HostList,
+                   all_local,
+                   detect_machine,
+                   discover_hosts,
+                   exclude_hosts,
+                   expand_nodelist,
+                   is_local_host,
+                   read_hostfile,
+                   short_hostname,
+                   unique_hosts,
+)
 from .output import OutputPump, compile_patterns
-from .plan import (LaunchPlan, active_filters, build_plan, find_executable, load_machine,
-                   next_attempt, plan_launch, resolve_hosts, system_mpiexec)
+from .plan import (
+                   LaunchPlan,
+                   active_filters,
+                   build_plan,
+                   find_executable,
+                   load_machine,
+                   next_attempt,
+                   plan_launch,
+                   resolve_hosts,
+                   system_mpiexec,
+)
 from .run import IDLE_EXIT, KILL_GRACE, launch, run_attempt, run_command, run_plan
-from .topology import (Topology, default_rdzv_id, detect_gpus, gpus_per_host,
-                       resolve_cpu_bind, resolve_gpus_per_host, resolve_topology,
-                       slurm_gpus_per_node)
+from .topology import (
+                   Topology,
+                   default_rdzv_id,
+                   detect_gpus,
+                   gpus_per_host,
+                   resolve_cpu_bind,
+                   resolve_gpus_per_host,
+                   resolve_topology,
+                   slurm_gpus_per_node,
+)
 
 __all__ = [
     "IDLE_EXIT", "KILL_GRACE", "NODE_STARTERS", "HostList", "LaunchPlan", "OutputPump",

@@ -6,7 +6,7 @@ an argv list; nothing here ever goes through a shell or reads the environment.
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 from ..config import LauncherConfig, MachineConfig
 from ..errors import LaunchError
@@ -22,8 +22,8 @@ def rank_wrapper_argv(python: str, script: str) -> list[str]:
 
 
 def mpiexec_argv(machine: MachineConfig, topo: Topology, cmd: Sequence[str], *,
-                 hostfile: Optional[str], hosts: Sequence[str] = (),
-                 cpu_bind: Optional[str] = None, verbose: bool = False,
+                 hostfile: str | None, hosts: Sequence[str] = (),
+                 cpu_bind: str | None = None, verbose: bool = False,
                  extra_args: Sequence[str] = (), wrap: Sequence[str] = ()) -> list[str]:
     """mpiexec with the machine's flag spelling.
 
@@ -60,7 +60,7 @@ def mpiexec_argv(machine: MachineConfig, topo: Topology, cmd: Sequence[str], *,
 
 
 def srun_argv(machine: MachineConfig, topo: Topology, cmd: Sequence[str], *,
-              cpu_bind: Optional[str] = None, verbose: bool = False,
+              cpu_bind: str | None = None, verbose: bool = False,
               extra_args: Sequence[str] = (), wrap: Sequence[str] = (),
               nodelist: Sequence[str] = (), exclude: Sequence[str] = ()) -> list[str]:
     """``srun -N H --ntasks-per-node=P --mpi=M [--nodelist=a,b] [--exclude=c] [--cpu-bind=B]
@@ -81,7 +81,7 @@ def srun_argv(machine: MachineConfig, topo: Topology, cmd: Sequence[str], *,
 
 def torchrun_argv(topo: Topology, cmd: Sequence[str], *, endpoint_host: str, port: int,
                   rdzv_id: str, extra_args: Sequence[str] = (),
-                  torchrun: str = "torchrun", local_addr: Optional[str] = None) -> list[str]:
+                  torchrun: str = "torchrun", local_addr: str | None = None) -> list[str]:
     """One node's torchrun: ``torchrun --nnodes=H --nproc-per-node=P --rdzv-backend=c10d
     --rdzv-endpoint=HOST:PORT --rdzv-id=ID [extra] cmd``.
 
@@ -101,10 +101,10 @@ def torchrun_argv(topo: Topology, cmd: Sequence[str], *, endpoint_host: str, por
 
 
 def build_argv(machine: MachineConfig, launcher: LauncherConfig, topo: Topology,
-               cmd: Sequence[str], *, hosts: Sequence[str], hostfile: Optional[str],
-               cpu_bind: Optional[str] = None, rdzv_id: str = "ezpz",
-               torchrun: str = "torchrun", local_addr: Optional[str] = None,
-               rank_wrap: Sequence[str] = (), nodelist: Optional[Sequence[str]] = None,
+               cmd: Sequence[str], *, hosts: Sequence[str], hostfile: str | None,
+               cpu_bind: str | None = None, rdzv_id: str = "ezpz",
+               torchrun: str = "torchrun", local_addr: str | None = None,
+               rank_wrap: Sequence[str] = (), nodelist: Sequence[str] | None = None,
                exclude: Sequence[str] = ()) -> list[str]:
     """The full argv for ``launcher.name`` on ``machine`` (pure).
 

@@ -18,9 +18,9 @@ from __future__ import annotations
 import ipaddress
 import json
 import socket
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Optional, Sequence
 
 from ..errors import LaunchError
 from ..log import get_logger
@@ -38,7 +38,7 @@ def _key(name: str) -> str:
     return short_hostname(name).lower()
 
 
-def read_rank_records(rank_dir: Optional[str]) -> list[dict]:
+def read_rank_records(rank_dir: str | None) -> list[dict]:
     """The rank wrapper's records of failed ranks (``rank-<r>.json``), in rank order."""
     if not rank_dir:
         return []
@@ -61,9 +61,9 @@ class HostMatcher:
     def __init__(self, hosts: Sequence[str]) -> None:
         self.hosts = list(hosts)
         self._by_key = {_key(h): h for h in self.hosts}
-        self._by_addr: Optional[dict[str, str]] = None
+        self._by_addr: dict[str, str] | None = None
 
-    def match(self, name: Optional[str]) -> Optional[str]:
+    def match(self, name: str | None) -> str | None:
         if not name:
             return None
         host = self._by_key.get(_key(name))
@@ -93,7 +93,7 @@ class Diagnosis:
     ranks: list[str] = field(default_factory=list)
 
 
-def _rank_host(record: dict, plan: LaunchPlan, matcher: HostMatcher) -> Optional[str]:
+def _rank_host(record: dict, plan: LaunchPlan, matcher: HostMatcher) -> str | None:
     for name in (record.get("node"), record.get("host")):
         host = matcher.match(name)
         if host is not None:
@@ -107,7 +107,7 @@ def _rank_host(record: dict, plan: LaunchPlan, matcher: HostMatcher) -> Optional
     return None
 
 
-def _describe(record: dict, host: Optional[str]) -> str:
+def _describe(record: dict, host: str | None) -> str:
     where = f"rank {record.get('rank')} on {host or record.get('host') or '?'}"
     if record.get("signal"):
         how = f"killed by {record['signal']}"

@@ -11,9 +11,9 @@ import itertools
 import os
 import re
 import socket
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Mapping, Optional, Sequence
 
 from ..errors import LaunchError
 from ..log import get_logger
@@ -90,7 +90,7 @@ class HostList:
     #: ``SLURM_JOB_NODELIST=...`` or ``localhost``.
     source: str
     #: The file they were read from (None for Slurm and localhost).
-    hostfile: Optional[str] = None
+    hostfile: str | None = None
     #: The file's lines (after blank/comment removal), to tell whether it can be used as is.
     lines: list[str] = field(default_factory=list)
 
@@ -136,7 +136,7 @@ def read_hostfile(path: str | os.PathLike[str], origin: str = "hostfile") -> lis
     return names
 
 
-def exclude_hosts(hostlist: "HostList", path: str | os.PathLike[str]) -> "HostList":
+def exclude_hosts(hostlist: HostList, path: str | os.PathLike[str]) -> HostList:
     """``hostlist`` without the hosts named in ``path`` (one per line, e.g. the
     ``<dst>.failed-hosts`` file a partial transfer leaves), compared on the short name.
 
@@ -225,7 +225,7 @@ def expand_nodelist(text: str) -> list[str]:
     return hosts
 
 
-def discover_hosts(hostfile: Optional[str] = None, environ: Optional[Mapping[str, str]] = None,
+def discover_hosts(hostfile: str | None = None, environ: Mapping[str, str] | None = None,
                    pbs_aux_dir: str = PBS_AUX_DIR, *, warn: bool = True) -> HostList:
     """The job's nodes. Looks, in order, at:
 
@@ -277,7 +277,7 @@ def _own_names() -> set[str]:
     return names
 
 
-def is_local_host(name: str, own: Optional[set[str]] = None) -> bool:
+def is_local_host(name: str, own: set[str] | None = None) -> bool:
     """Whether ``name`` is this machine: localhost, a loopback address or its own hostname."""
     name = name.strip().lower()
     try:
@@ -291,7 +291,7 @@ def is_local_host(name: str, own: Optional[set[str]] = None) -> bool:
     return name in own or short_hostname(name).lower() in own
 
 
-def all_local(hosts: Sequence[str], own: Optional[set[str]] = None) -> bool:
+def all_local(hosts: Sequence[str], own: set[str] | None = None) -> bool:
     """Whether every host is an alias of this machine (then nothing needs ssh)."""
     own = _own_names() if own is None else own
     return bool(hosts) and all(is_local_host(h, own) for h in hosts)

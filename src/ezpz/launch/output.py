@@ -20,8 +20,9 @@ import re
 import tempfile
 import threading
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import IO, Iterable, Optional, Sequence
+from typing import IO
 
 from ..config import check_regexes
 from ..log import get_logger
@@ -55,7 +56,7 @@ class OutputPump:
     """Copy a job's output to ``out`` in whole lines, minus the filtered ones (see module doc)."""
 
     def __init__(self, out: IO[str], filters: Sequence[re.Pattern[str]], *,
-                 filtered_log: Optional[str] = None, labels: bool = False,
+                 filtered_log: str | None = None, labels: bool = False,
                  host_patterns: Sequence[re.Pattern[str]] = ()) -> None:
         self.out = out
         self.filters = list(filters)
@@ -66,13 +67,13 @@ class OutputPump:
         self.lines = 0
         self.host_hits: list[HostHit] = []
         self.last_activity = time.monotonic()
-        self._filtered: Optional[IO[bytes]] = None
+        self._filtered: IO[bytes] | None = None
         self._console_ok = True
-        self._thread: Optional[threading.Thread] = None
-        self._header: Optional[bytes] = None
+        self._thread: threading.Thread | None = None
+        self._header: bytes | None = None
 
     # ------------------------------------------------------------------ set-up per attempt
-    def start(self, stream: IO[bytes], header: Optional[str] = None) -> None:
+    def start(self, stream: IO[bytes], header: str | None = None) -> None:
         """Read ``stream`` until EOF in a daemon thread. ``header`` is written to the filtered
         file before the first line hidden from this stream (e.g. ``attempt 2``)."""
         self._header = f"==== {header} ====\n".encode() if header else None
@@ -172,7 +173,7 @@ class OutputPump:
             return os.fdopen(fd, "ab")
         return open(self.filtered_path, "ab")
 
-    def summary(self) -> Optional[str]:
+    def summary(self) -> str | None:
         """``hid N lines ...: see <file>`` (None when nothing was hidden)."""
         if not self.hidden:
             return None

@@ -14,18 +14,24 @@ import shlex
 import shutil
 import sys
 import tempfile
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
-from typing import Mapping, Optional, Sequence
 
 from ..config import LauncherConfig, MachineConfig
 from ..errors import ConfigError, LaunchError
 from ..log import get_logger
 from .argv import build_argv, rank_wrapper_argv
 from .hosts import HostList, all_local, detect_machine, discover_hosts, exclude_hosts
-from .topology import (Topology, default_rdzv_id, in_slurm_allocation, resolve_cpu_bind,
-                       resolve_gpus_per_host, resolve_topology)
+from .topology import (
+    Topology,
+    default_rdzv_id,
+    in_slurm_allocation,
+    resolve_cpu_bind,
+    resolve_gpus_per_host,
+    resolve_topology,
+)
 
 log = get_logger(__name__)
 
@@ -41,8 +47,8 @@ class LaunchRequest:
     launcher: LauncherConfig
     cmd: tuple[str, ...]
     one_per_host: bool
-    workdir: Optional[str]
-    cpu_bind: Optional[str]
+    workdir: str | None
+    cpu_bind: str | None
     rdzv_id: str
     torchrun: str
     wrap_ranks: bool
@@ -59,7 +65,7 @@ class LaunchPlan:
     topology: Topology
     hosts: list[str]
     hostlist: HostList
-    hostfile: Optional[str]
+    hostfile: str | None
     filters: list[str] = field(default_factory=list)
     #: Every rank starts on this machine (hydra with only local aliases as hosts).
     local_only: bool = False
@@ -72,16 +78,16 @@ class LaunchPlan:
     #: The attempt this plan is for (1 for the first run).
     attempt: int = 1
     #: Where the rank wrapper records failed ranks for this attempt (None: nowhere).
-    rank_dir: Optional[str] = None
+    rank_dir: str | None = None
     #: The machine's bad-node patterns.
     bad_node_patterns: list[str] = field(default_factory=list)
-    request: Optional[LaunchRequest] = field(default=None, repr=False)
+    request: LaunchRequest | None = field(default=None, repr=False)
 
     def command_line(self) -> str:
         """The argv quoted for display (copy-pastable); never executed through a shell."""
         return shlex.join(self.argv)
 
-    def child_env(self, base: Optional[Mapping[str, str]] = None) -> dict[str, str]:
+    def child_env(self, base: Mapping[str, str] | None = None) -> dict[str, str]:
         env = dict(os.environ if base is None else base)
         env.update(self.env)
         env.setdefault("PYTHONUNBUFFERED", "1")
@@ -125,8 +131,8 @@ def system_mpiexec(machine: MachineConfig) -> str:
 
 
 def _hostfile_for(hostlist: HostList, hosts: list[str], machine: MachineConfig,
-                  launcher: LauncherConfig, workdir: Optional[str],
-                  name: str = "hostfile") -> Optional[str]:
+                  launcher: LauncherConfig, workdir: str | None,
+                  name: str = "hostfile") -> str | None:
     """The node file to give the launcher: the job's own when it lists exactly the hosts
     used, else a trimmed copy in ``workdir`` (as ``name``); None when the launcher needs none."""
     uses_mpiexec = launcher.name == "mpiexec" or (
@@ -160,8 +166,8 @@ def uses_srun(machine: MachineConfig, launcher: LauncherConfig) -> bool:
 
 
 def resolve_hosts(machine: MachineConfig, launcher: LauncherConfig, *,
-                  one_per_host: bool = False, environ: Optional[Mapping[str, str]] = None,
-                  hostlist: Optional[HostList] = None, quiet: bool = False
+                  one_per_host: bool = False, environ: Mapping[str, str] | None = None,
+                  hostlist: HostList | None = None, quiet: bool = False
                   ) -> tuple[HostList, Topology]:
     """The job's hosts (minus ``launcher.exclude_hosts``) and the topology on them, with
     ``launcher.spares`` hosts held back. Writes nothing; every mistake a user can make here
@@ -209,8 +215,8 @@ def resolve_hosts(machine: MachineConfig, launcher: LauncherConfig, *,
 
 
 def plan_launch(machine: MachineConfig, launcher: LauncherConfig, cmd: Sequence[str], *,
-                one_per_host: bool = False, environ: Optional[Mapping[str, str]] = None,
-                workdir: Optional[str] = None, hostlist: Optional[HostList] = None,
+                one_per_host: bool = False, environ: Mapping[str, str] | None = None,
+                workdir: str | None = None, hostlist: HostList | None = None,
                 wrap_ranks: bool = False) -> LaunchPlan:
     """Find the hosts, resolve the GPUs, build the argv. Logs the topology.
 
@@ -303,9 +309,9 @@ def next_attempt(plan: LaunchPlan) -> LaunchPlan:
     return new
 
 
-def load_machine(name: Optional[str] = None) -> MachineConfig:
+def load_machine(name: str | None = None) -> MachineConfig:
     """A machine preset from the shipped ``conf/machine/<name>.yaml`` (default: detected)."""
-    import yaml  # noqa: PLC0415 - only the compatibility helpers need it
+    import yaml
 
     name = name or detect_machine()
     try:

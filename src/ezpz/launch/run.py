@@ -33,9 +33,10 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Iterable, Mapping, Optional, Sequence
+from typing import IO, Any
 
 from ..config import LauncherConfig
 from ..errors import LaunchError
@@ -68,7 +69,7 @@ class SignalTrap:
         self.received: list[int] = []
         self._previous: dict[int, Any] = {}
 
-    def __enter__(self) -> "SignalTrap":
+    def __enter__(self) -> SignalTrap:
         if threading.current_thread() is threading.main_thread():
             for sig in STOP_SIGNALS:
                 self._previous[sig] = signal.signal(sig, self._note)
@@ -94,7 +95,7 @@ class Stopper:
     """Deliver a stop signal to a running launch the way its launcher needs it."""
 
     def __init__(self, proc: subprocess.Popen, argv: Sequence[str],
-                 env: Optional[Mapping[str, str]] = None) -> None:
+                 env: Mapping[str, str] | None = None) -> None:
         self.proc = proc
         name = os.path.basename(str(argv[0])) if argv else ""
         self.kind = ("srun" if name == "srun" else
@@ -124,7 +125,7 @@ class Stopper:
                 self._run(["scancel", "--signal=KILL", step])
         self._killpg(signal.SIGKILL)
 
-    def _srun_step(self) -> Optional[str]:
+    def _srun_step(self) -> str | None:
         """The Slurm step this srun runs (``scontrol show step`` names each step's srun pid)."""
         if not self.jobid:
             return None
@@ -169,17 +170,17 @@ class AttemptResult:
     #: an idle stop, 128 + the signal when a signal stopped it.
     exit_code: int
     #: The stop signal ezpz received during the attempt (None: none).
-    signal: Optional[int] = None
+    signal: int | None = None
     idle: bool = False
     elapsed: float = 0.0
     host_hits: list[HostHit] = field(default_factory=list)
     #: The attempt's process group on this host.
-    pgid: Optional[int] = None
+    pgid: int | None = None
 
 
-def run_attempt(argv: Sequence[str], env: Optional[Mapping[str, str]], pump: OutputPump,
+def run_attempt(argv: Sequence[str], env: Mapping[str, str] | None, pump: OutputPump,
                 trap: SignalTrap, *, grace: float = KILL_GRACE,
-                idle_timeout: Optional[float] = None, header: Optional[str] = None
+                idle_timeout: float | None = None, header: str | None = None
                 ) -> AttemptResult:
     """Run ``argv`` once (see the module doc); raises :class:`LaunchError` when it cannot start."""
     argv = [str(a) for a in argv]
@@ -196,9 +197,9 @@ def run_attempt(argv: Sequence[str], env: Optional[Mapping[str, str]], pump: Out
     pump.start(proc.stdout, header)
     stopper = Stopper(proc, argv, env)
     seen = len(trap.received)
-    got: Optional[int] = None
+    got: int | None = None
     idle = False
-    kill_at: Optional[float] = None
+    kill_at: float | None = None
     killed = False
     while True:
         try:
@@ -257,10 +258,10 @@ def _filters_for(filters: Iterable[str | re.Pattern[str]]) -> list[re.Pattern[st
     return active
 
 
-def run_command(command: Sequence[str] | str, filters: Optional[Iterable[str]] = None, *,
-                env: Optional[Mapping[str, str]] = None, out: Optional[IO[str]] = None,
-                grace: float = KILL_GRACE, idle_timeout: Optional[float] = None,
-                filtered_log: Optional[str] = None) -> int:
+def run_command(command: Sequence[str] | str, filters: Iterable[str] | None = None, *,
+                env: Mapping[str, str] | None = None, out: IO[str] | None = None,
+                grace: float = KILL_GRACE, idle_timeout: float | None = None,
+                filtered_log: str | None = None) -> int:
     """Run ``command`` (an argv; a string is split with :func:`shlex.split`, never given to
     a shell), stream its merged stdout/stderr line by line minus the lines in which one of
     ``filters`` (regular expressions) is found, and return its exit code (128+N when killed by
@@ -308,7 +309,7 @@ def _cause(result: AttemptResult, diag: Diagnosis, launcher: LauncherConfig) -> 
 class _History:
     """``<run dir>/launch.json``: every attempt and the hosts used, replaced and left."""
 
-    def __init__(self, workdir: Optional[str], plan: LaunchPlan) -> None:
+    def __init__(self, workdir: str | None, plan: LaunchPlan) -> None:
         self.path = Path(workdir) / "launch.json" if workdir else None
         self.data: dict[str, Any] = {"attempts": [], "exit_code": None}
         self.update(plan)
@@ -332,7 +333,7 @@ class _History:
 
 
 def _next_plan(plan: LaunchPlan, diag: Diagnosis, retries_left: int
-               ) -> tuple[Optional[LaunchPlan], Optional[str]]:
+               ) -> tuple[LaunchPlan | None, str | None]:
     """The plan of the next attempt and what it is (failover / retry), or (None, None)."""
     if diag.bad and len(diag.bad) <= len(plan.spares):
         new = failover_plan(plan, diag.bad)
@@ -347,7 +348,7 @@ def _next_plan(plan: LaunchPlan, diag: Diagnosis, retries_left: int
     return None, None
 
 
-def run_plan(plan: LaunchPlan, *, dry_run: bool = False, out: Optional[IO[str]] = None) -> int:
+def run_plan(plan: LaunchPlan, *, dry_run: bool = False, out: IO[str] | None = None) -> int:
     """Log the resolved command; print it and return 0 for a dry run, else run it with the
     launcher's retries, spares, idle watchdog and grace (see the module doc)."""
     shown = {k: v for k, v in plan.env.items() if not k.startswith("EZPZ_")}
@@ -449,7 +450,7 @@ def _as_argv(value: Sequence[str] | str | None) -> list[str]:
 
 def launch(launch_cmd: Sequence[str] | str | None = None,
            cmd_to_launch: Sequence[str] | str | None = None,
-           filters: Optional[Iterable[str]] = None, include_python: bool = False) -> int:
+           filters: Iterable[str] | None = None, include_python: bool = False) -> int:
     """Original ezpz API: run ``cmd_to_launch`` with ``launch_cmd`` (default: this job's
     mpiexec on every GPU of the detected machine) and the machine's filters plus ``filters``
     (regular expressions; hidden lines are kept in a file named at the end).

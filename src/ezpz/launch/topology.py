@@ -11,8 +11,8 @@ import math
 import os
 import re
 import subprocess
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping, Optional
 
 from ..config import MachineConfig
 from ..errors import ConfigError, LaunchError
@@ -48,8 +48,8 @@ class Topology:
                 f"[{self.ngpu_per_host} GPU/host]")
 
 
-def resolve_topology(*, ngpus: Optional[int], nhosts: Optional[int],
-                     ngpu_per_host: Optional[int], hosts_available: int,
+def resolve_topology(*, ngpus: int | None, nhosts: int | None,
+                     ngpu_per_host: int | None, hosts_available: int,
                      gpus_per_host: int) -> Topology:
     """Fill in whichever of ngpus / nhosts / ngpu_per_host is missing.
 
@@ -110,7 +110,7 @@ def resolve_topology(*, ngpus: Optional[int], nhosts: Optional[int],
 def detect_gpus(device: str = "cpu") -> int:
     """GPUs on this node as torch sees them (cuda, then xpu); 0 without torch or GPUs."""
     try:
-        import torch  # noqa: PLC0415 - torch only where a GPU count is needed
+        import torch
     except ImportError:
         return 0
     if device in ("cuda", "cpu") and torch.cuda.is_available():
@@ -121,12 +121,12 @@ def detect_gpus(device: str = "cpu") -> int:
     return 0
 
 
-def in_slurm_allocation(environ: Optional[Mapping[str, str]] = None) -> bool:
+def in_slurm_allocation(environ: Mapping[str, str] | None = None) -> bool:
     env = os.environ if environ is None else environ
     return bool(env.get("SLURM_JOB_ID") or env.get("SLURM_JOBID"))
 
 
-def _gpu_count(text: str) -> Optional[int]:
+def _gpu_count(text: str) -> int | None:
     """``4``, ``a100:4``, ``gpu:a100:4``, ``gres:gpu:4``, ``gres/gpu:a100:2,gres/gpu:v100:2``
     → the number of GPUs (summed over types); None when ``text`` says nothing countable."""
     total, found = 0, False
@@ -144,7 +144,7 @@ def _gpu_count(text: str) -> Optional[int]:
     return total if found else None
 
 
-def _scontrol_tres_per_node(jobid: str) -> Optional[int]:
+def _scontrol_tres_per_node(jobid: str) -> int | None:
     """GPUs per node the job asked for with ``--gres=gpu:N`` (``TresPerNode`` of
     ``scontrol show job``), which sets no variable in an ``salloc`` shell."""
     try:
@@ -156,8 +156,8 @@ def _scontrol_tres_per_node(jobid: str) -> Optional[int]:
     return _gpu_count(m.group(1)) if m else None
 
 
-def slurm_gpus_per_node(environ: Optional[Mapping[str, str]] = None
-                        ) -> Optional[tuple[int, str]]:
+def slurm_gpus_per_node(environ: Mapping[str, str] | None = None
+                        ) -> tuple[int, str] | None:
     """GPUs per node of the Slurm allocation this runs in, and where the count came from:
     ``SLURM_GPUS_ON_NODE`` (job steps, batch scripts), ``SLURM_GPUS_PER_NODE``
     (``--gpus-per-node``), ``SLURM_TRES_PER_NODE``, ``SLURM_JOB_GPUS`` (the GPU ids), then the
@@ -181,7 +181,7 @@ def slurm_gpus_per_node(environ: Optional[Mapping[str, str]] = None
     return 0, f"Slurm job {jobid} (no GPUs requested)"
 
 
-def resolve_gpus_per_host(machine: MachineConfig, environ: Optional[Mapping[str, str]] = None
+def resolve_gpus_per_host(machine: MachineConfig, environ: Mapping[str, str] | None = None
                           ) -> tuple[int, str]:
     """GPUs per host and where the number came from: ``machine.gpus_per_node`` when set, else
     the Slurm allocation (inside one), else the count torch sees here (0 without torch)."""
@@ -195,14 +195,14 @@ def resolve_gpus_per_host(machine: MachineConfig, environ: Optional[Mapping[str,
     return detect_gpus(machine.device), "torch's device count"
 
 
-def gpus_per_host(machine: MachineConfig, environ: Optional[Mapping[str, str]] = None) -> int:
+def gpus_per_host(machine: MachineConfig, environ: Mapping[str, str] | None = None) -> int:
     """``machine.gpus_per_node``, or (when it is null) the Slurm allocation's GPUs per node,
     or the count torch sees here."""
     return resolve_gpus_per_host(machine, environ)[0]
 
 
-def resolve_cpu_bind(machine: MachineConfig, environ: Optional[Mapping[str, str]] = None
-                     ) -> Optional[str]:
+def resolve_cpu_bind(machine: MachineConfig, environ: Mapping[str, str] | None = None
+                     ) -> str | None:
     """``CPU_BIND`` from the environment (with or without a leading ``--cpu-bind=``) wins
     over ``machine.cpu_bind``."""
     env = os.environ if environ is None else environ
@@ -215,7 +215,7 @@ def resolve_cpu_bind(machine: MachineConfig, environ: Optional[Mapping[str, str]
     return machine.cpu_bind or None
 
 
-def default_rdzv_id(environ: Optional[Mapping[str, str]] = None) -> str:
+def default_rdzv_id(environ: Mapping[str, str] | None = None) -> str:
     """The torchrun rendezvous id: the scheduler's job id, else ``ezpz``."""
     env = os.environ if environ is None else environ
     for var in ("PBS_JOBID", "SLURM_JOB_ID", "SLURM_JOBID"):

@@ -23,7 +23,7 @@ import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from .. import __version__
 from ..config import ArchiveSpec, EnvSpec, TarEnvConfig, format_size
@@ -63,10 +63,10 @@ def read_pyvenv_cfg(prefix: str | os.PathLike[str]) -> dict[str, str]:
 
 @dataclasses.dataclass
 class PythonFacts:
-    version: Optional[str] = None
-    implementation: Optional[str] = None
+    version: str | None = None
+    implementation: str | None = None
     #: The interpreter's own prefix (sys.base_prefix as the venv sees it).
-    base_prefix: Optional[str] = None
+    base_prefix: str | None = None
 
 
 _PROBE = ("import platform, sys; print(platform.python_version()); "
@@ -118,7 +118,7 @@ def _inside(path: str, root: str) -> bool:
     return path == root or path.startswith(root.rstrip("/") + "/")
 
 
-def resolve_prefix(prefix: Optional[str]) -> Path:
+def resolve_prefix(prefix: str | None) -> Path:
     """The environment directory as an absolute path (symlinks kept, as files record it)."""
     if prefix is None:
         return Path(os.path.abspath(sys.prefix))
@@ -143,7 +143,7 @@ def default_archive_path(prefix: str | os.PathLike[str], codec: str = "zstd") ->
     return p.parent / (p.name + codecs.suffix(codec))
 
 
-def resolve_output(path: Optional[str], prefix: Path, codec: str) -> Path:
+def resolve_output(path: str | None, prefix: Path, codec: str) -> Path:
     """Where the archive goes; raises ConfigError when that directory cannot take it."""
     if path is None:
         out = default_archive_path(prefix, codec)
@@ -178,7 +178,7 @@ def resolve_output(path: Optional[str], prefix: Path, codec: str) -> Path:
 # --------------------------------------------------------------------------------------
 # config
 # --------------------------------------------------------------------------------------
-def _settings(cfg: Optional[TarEnvConfig], overrides: dict[str, Any]) -> TarEnvConfig:
+def _settings(cfg: TarEnvConfig | None, overrides: dict[str, Any]) -> TarEnvConfig:
     cfg = cfg if cfg is not None else TarEnvConfig()
     env_kw = {k: v for k, v in overrides.items() if k in _ENV_KEYS}
     arc_kw = {k: v for k, v in overrides.items() if k in _ARCHIVE_KEYS}
@@ -253,11 +253,11 @@ class _Terminated(Exception):
     pass
 
 
-def _raise_terminated(signum, frame):  # noqa: ARG001
+def _raise_terminated(signum, frame):
     raise _Terminated()
 
 
-def pack(cfg: Optional[TarEnvConfig] = None, **overrides: Any) -> Path:
+def pack(cfg: TarEnvConfig | None = None, **overrides: Any) -> Path:
     """Pack an environment; returns the archive path (an up-to-date archive is reused).
 
     ``overrides`` replace fields of ``cfg`` by name: ``prefix``, ``bundle_python`` (env),
@@ -382,7 +382,7 @@ def pack(cfg: Optional[TarEnvConfig] = None, **overrides: Any) -> Path:
 
 
 def _check_interpreter(prefix: Path, kind: str, facts: PythonFacts,
-                       bundle: bool) -> Optional[str]:
+                       bundle: bool) -> str | None:
     """Warn about an interpreter outside the venv; the root to bundle when asked to."""
     base = facts.base_prefix
     outside = kind == "venv" and base is not None and not _inside(base, str(prefix))
@@ -410,7 +410,7 @@ def _check_interpreter(prefix: Path, kind: str, facts: PythonFacts,
     return None
 
 
-def _check_readable(tree: archive_tree.Tree, bundled: Optional[archive_tree.Tree], skip: bool) -> None:
+def _check_readable(tree: archive_tree.Tree, bundled: archive_tree.Tree | None, skip: bool) -> None:
     bad = tree.unreadable + (bundled.unreadable if bundled else [])
     if not bad:
         return
@@ -450,7 +450,7 @@ def _reusable(out: Path, source: dict[str, Any], overwrite: bool) -> bool:
 # --------------------------------------------------------------------------------------
 # the original ezpz names
 # --------------------------------------------------------------------------------------
-def check_for_tarball(env_prefix: Optional[str | os.PathLike[str]] = None,
+def check_for_tarball(env_prefix: str | os.PathLike[str] | None = None,
                       overwrite: bool = False, **overrides: Any) -> Path:
     """The archive of ``env_prefix`` (default: the running environment), built if needed."""
     return pack(prefix=None if env_prefix is None else os.fspath(env_prefix),
@@ -467,7 +467,7 @@ def make_tarfile(output_filename: str | os.PathLike[str],
     return pack(prefix=os.fspath(source_dir), path=os.fspath(output_filename), **overrides)
 
 
-def create_tarball(env_prefix: Optional[str | os.PathLike[str]] = None,
+def create_tarball(env_prefix: str | os.PathLike[str] | None = None,
                    overwrite: bool = False, **overrides: Any) -> Path:
     """Pack ``env_prefix`` (default: the running environment) next to it."""
     return pack(prefix=None if env_prefix is None else os.fspath(env_prefix),

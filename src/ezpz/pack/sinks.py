@@ -7,7 +7,6 @@ import gzip as _gzip
 import shutil
 import struct
 import subprocess
-from typing import Optional
 
 from ..config import Codec
 from ..errors import ArchiveError
@@ -74,7 +73,7 @@ class _PigzSink(Sink):
             self._proc.stdin.write(data)
         except BrokenPipeError:
             self.close()  # raises with pigz's message
-            raise ArchiveError("pigz stopped reading its input")
+            raise ArchiveError("pigz stopped reading its input") from None
 
     def close(self) -> None:
         try:
@@ -115,7 +114,7 @@ class _GzipModuleSink(Sink):
         self._fh.flush()
 
 
-def open_sink(codec: str, fh, level: Optional[int] = None, threads: int = 0) -> Sink:
+def open_sink(codec: str, fh, level: int | None = None, threads: int = 0) -> Sink:
     """A writer that compresses into ``fh`` at its current offset.
 
     zstd: python-zstandard on ``threads`` cores (0 = all). gzip: ``pigz`` when it is on PATH,
@@ -134,7 +133,7 @@ def open_sink(codec: str, fh, level: Optional[int] = None, threads: int = 0) -> 
     raise ArchiveError(f"unknown codec {codec!r} (choose zstd, gzip or none)")
 
 
-def compress_frame(codec: str, data: bytes, level: Optional[int] = None) -> bytes:
+def compress_frame(codec: str, data: bytes, level: int | None = None) -> bytes:
     """``data`` as one complete, independent frame (zstd) or member (gzip)."""
     level = default_level(codec) if level is None else level
     if codec == "zstd":
@@ -146,7 +145,7 @@ def compress_frame(codec: str, data: bytes, level: Optional[int] = None) -> byte
     return data
 
 
-def padding(codec: str, n: int) -> Optional[bytes]:
+def padding(codec: str, n: int) -> bytes | None:
     """Exactly ``n`` bytes that a decoder skips, or None when the codec cannot pad ``n``."""
     if n == 0:
         return b""

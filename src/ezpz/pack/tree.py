@@ -5,10 +5,8 @@ from __future__ import annotations
 import os
 import re
 import stat
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Callable, Optional
-
 
 
 @dataclass
@@ -19,7 +17,7 @@ class Entry:
     arcname: str  # '/'-separated, no trailing slash
     st: os.stat_result
     #: Name relative to the environment root, recorded in the manifest (None: not recorded).
-    relname: Optional[str] = None
+    relname: str | None = None
 
 
 def compile_excludes(patterns: Iterable[str]) -> Callable[[str], bool]:

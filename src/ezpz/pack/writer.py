@@ -18,16 +18,15 @@ from __future__ import annotations
 import json
 import os
 import stat
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Callable, Optional
 
 from ..errors import ArchiveError
 from ..formats.manifest import MANIFEST_RELPATH, Manifest, PrefixFile
+from ..formats.prefix import CHUNK
 from ..formats.tarheader import BLOCK, END_OF_ARCHIVE, member, tar_header
 from ..log import get_logger
 from .sinks import Sink, compress_frame, open_sink, padding
-from ..formats.prefix import CHUNK
 from .tree import Entry
 
 logger = get_logger(__name__)
@@ -46,7 +45,7 @@ class BodyStats:
     skipped: list[str] = field(default_factory=list)
 
 
-def write_body(sink: Sink, entries: Iterable[Entry], prefix: Optional[bytes],
+def write_body(sink: Sink, entries: Iterable[Entry], prefix: bytes | None,
                progress: Callable[[int], None] = lambda n: None,
                skip_unreadable: bool = False) -> BodyStats:
     """Stream the entries as tar members (and the end-of-archive blocks) into ``sink``.
@@ -106,7 +105,7 @@ def write_body(sink: Sink, entries: Iterable[Entry], prefix: Optional[bytes],
 
 
 def _copy_file(fd: int, path: str, size: int, name: bytes, st: os.stat_result,
-               buf: bytearray, sink: Sink, prefix: Optional[bytes], keep: int,
+               buf: bytearray, sink: Sink, prefix: bytes | None, keep: int,
                progress: Callable[[int], None] = lambda n: None) -> tuple[bool, bool]:
     """Append one file's member to ``buf`` (or stream it to ``sink`` when large).
 
@@ -151,7 +150,7 @@ def _copy_file(fd: int, path: str, size: int, name: bytes, st: os.stat_result,
     return found, nul
 
 
-def manifest_member(manifest: Manifest, pad_to: Optional[int] = None) -> bytes:
+def manifest_member(manifest: Manifest, pad_to: int | None = None) -> bytes:
     """The manifest as a tar member; ``pad_to`` pads the JSON with spaces to that many bytes."""
     data = manifest.to_json().encode()
     if pad_to is not None:
@@ -178,10 +177,10 @@ def reserve_size(codec: str, entries: list[Entry], manifest_name: str) -> int:
     return -(-n // 4096) * 4096
 
 
-def write_archive(fh, codec: str, level: Optional[int], threads: int, body: Iterable[Entry],
+def write_archive(fh, codec: str, level: int | None, threads: int, body: Iterable[Entry],
                   reserve: int, make_manifest: Callable[[BodyStats], Manifest],
-                  prefix: Optional[bytes], progress: Callable[[int], None] = lambda n: None,
-                  skip_unreadable: bool = False, spill: Optional[Callable[[], object]] = None
+                  prefix: bytes | None, progress: Callable[[int], None] = lambda n: None,
+                  skip_unreadable: bool = False, spill: Callable[[], object] | None = None
                   ) -> tuple[Manifest, BodyStats, str]:
     """Write a complete archive into the empty file ``fh`` (opened ``w+b``/``x+b``; see the
     module docstring).

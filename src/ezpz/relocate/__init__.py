@@ -32,13 +32,12 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 from ..envkind import activation_hint
 from ..errors import RelocateError
 from ..formats.manifest import BUNDLED_PYTHON_RELPATH, MANIFEST_RELPATH, Manifest
 from ..log import get_logger
-from .detect import scan_prefix_files, detect_env
+from .detect import detect_env, scan_prefix_files
 from .plan import Plan
 from .rewrite import FORBIDDEN_IN_PREFIX
 
@@ -52,7 +51,7 @@ class RelocateReport:
     """What :func:`relocate` did."""
 
     kind: str  # venv | conda | data
-    old_prefix: Optional[str]
+    old_prefix: str | None
     new_prefix: str
     files_rewritten: int
     seconds: float
@@ -64,7 +63,7 @@ class RelocateReport:
 
 
 def relocate(root: str | os.PathLike[str], new_prefix: str | os.PathLike[str] | None = None,
-             manifest: Optional[Manifest] = None, *, old_prefix: str | None = None) -> RelocateReport:
+             manifest: Manifest | None = None, *, old_prefix: str | None = None) -> RelocateReport:
     """Rewrite the environment unpacked at ``root`` so that it works at ``new_prefix``.
 
     ``root`` is where the tree is now; ``new_prefix`` where it will be used (default: ``root``).
@@ -88,7 +87,7 @@ def relocate(root: str | os.PathLike[str], new_prefix: str | os.PathLike[str] | 
             raise RelocateError(f"cannot read {root_p / MANIFEST_RELPATH}: {exc}") from None
 
     scanned = False
-    bundled: Optional[str] = None
+    bundled: str | None = None
     if manifest is not None:
         kind, old = manifest.kind, old_prefix or manifest.prefix
         bundled = manifest.bundled_python_prefix

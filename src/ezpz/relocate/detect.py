@@ -8,15 +8,13 @@ import re
 import shlex
 from collections import Counter
 from pathlib import Path
-from typing import Optional
 
 from ..errors import EzpzError, RelocateError
 from ..formats.prefix import find_prefix_files
 from .rewrite import SCAN_CHUNK, SKIP_SUFFIXES, TRAMPOLINE
 
 
-
-def detect_env(root: str | os.PathLike[str]) -> tuple[str, Optional[str]]:
+def detect_env(root: str | os.PathLike[str]) -> tuple[str, str | None]:
     """``(kind, old_prefix)`` of an unpacked tree without a manifest.
 
     ``kind`` is ``venv`` (``pyvenv.cfg``), ``conda`` (``conda-meta/``) or ``data``. The old
@@ -33,7 +31,7 @@ def detect_env(root: str | os.PathLike[str]) -> tuple[str, Optional[str]]:
 
 
 
-def _prefix_from_activate(root: Path) -> Optional[str]:
+def _prefix_from_activate(root: Path) -> str | None:
     try:
         text = (root / "bin" / "activate").read_text(errors="replace")
     except OSError:
@@ -51,7 +49,7 @@ def _prefix_from_activate(root: Path) -> Optional[str]:
     return None
 
 
-def _prefix_from_pyvenv_cfg(root: Path) -> Optional[str]:
+def _prefix_from_pyvenv_cfg(root: Path) -> str | None:
     try:
         lines = (root / "pyvenv.cfg").read_text(errors="replace").splitlines()
     except OSError:
@@ -68,7 +66,7 @@ def _prefix_from_pyvenv_cfg(root: Path) -> Optional[str]:
     return None
 
 
-def _prefix_from_shebangs(root: Path) -> Optional[str]:
+def _prefix_from_shebangs(root: Path) -> str | None:
     """The most common ``<prefix>`` among ``bin/`` scripts run by ``<prefix>/bin/python*``."""
     seen: Counter[str] = Counter()
     bindir = root / "bin"
@@ -104,7 +102,7 @@ def _prefix_from_shebangs(root: Path) -> Optional[str]:
     return seen.most_common(1)[0][0] if seen else None
 
 
-def _prefix_from_conda_history(root: Path) -> Optional[str]:
+def _prefix_from_conda_history(root: Path) -> str | None:
     try:
         lines = (root / "conda-meta" / "history").read_text(errors="replace").splitlines()
     except OSError:

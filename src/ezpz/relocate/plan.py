@@ -8,7 +8,6 @@ import re
 import stat
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Optional
 
 from ..errors import RelocateError
 from ..formats.manifest import BUNDLED_PYTHON_RELPATH, MANIFEST_RELPATH
@@ -20,7 +19,7 @@ log = get_logger(__name__)
 
 
 class Plan:
-    def __init__(self, root: Path, old: str, new: str, bundled: Optional[str]):
+    def __init__(self, root: Path, old: str, new: str, bundled: str | None):
         self.root, self.old, self.new, self.bundled = root, old, new, bundled
         self.bundled_new = os.path.join(new, BUNDLED_PYTHON_RELPATH) if bundled else None
         pairs = [(old, new)]
@@ -157,7 +156,7 @@ class Plan:
                     f"{self.old!r} ({len(o)} bytes) and the new prefix {self.new!r} ({len(n)} "
                     "bytes) is longer; choose a destination path no longer than the old prefix")
 
-    def _stage_file(self, rel: str, mode: str) -> Optional[tuple[str, str]]:
+    def _stage_file(self, rel: str, mode: str) -> tuple[str, str] | None:
         path = self.root / rel
         st = os.lstat(path)
         if stat.S_ISLNK(st.st_mode):
@@ -232,7 +231,7 @@ class Plan:
 
     # -- small helpers ------------------------------------------------------------------------
 
-    def _inside_env(self, target: str) -> Optional[str]:
+    def _inside_env(self, target: str) -> str | None:
         """An absolute link target as a path relative to the env root, or None if outside."""
         if self.bundled and (target == self.bundled or target.startswith(self.bundled + os.sep)):
             return os.path.normpath(os.path.join(BUNDLED_PYTHON_RELPATH,

@@ -17,7 +17,6 @@ The modules follow the data: :mod:`.spec` (what ranks are handed and hand back),
 from __future__ import annotations
 
 import os
-from typing import Optional
 
 from ..config import MachineConfig, TransferConfig
 from ..errors import ConfigError
@@ -33,8 +32,8 @@ __all__ = ["run_transfer", "spec_for", "WorkerSpec", "Plan", "NodeStatus", "Tran
            "failed_hosts_path", "Transfer"]
 
 
-def spec_for(transfer: TransferConfig, *, machine: Optional[MachineConfig] = None,
-             launcher: Optional[str] = None, src: Optional[str] = None) -> WorkerSpec:
+def spec_for(transfer: TransferConfig, *, machine: MachineConfig | None = None,
+             launcher: str | None = None, src: str | None = None) -> WorkerSpec:
     """The worker spec for ``transfer``: ``src`` required (``src`` overrides it), ``dst``
     defaulted, ``backend=auto`` decided for ``launcher`` (None: from this process's
     environment, as when the worker was started by hand)."""
@@ -48,9 +47,9 @@ def spec_for(transfer: TransferConfig, *, machine: Optional[MachineConfig] = Non
                                     machine=machine, launcher=launcher)
 
 
-def run_transfer(spec: WorkerSpec, *, run_dir: Optional[str] = None,
-                 comm: Optional[Comm] = None, fatal: Fatal = os._exit
-                 ) -> Optional[TransferResult]:
+def run_transfer(spec: WorkerSpec, *, run_dir: str | None = None,
+                 comm: Comm | None = None, fatal: Fatal = os._exit
+                 ) -> TransferResult | None:
     """Deliver ``spec.src`` to ``spec.dst`` on every node (collective over all ranks).
 
     Returns the result on rank 0 (None elsewhere). Raises ConfigError for bad input (on every

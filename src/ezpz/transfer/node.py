@@ -12,7 +12,7 @@ import os
 import socket
 import time
 from datetime import datetime, timezone
-from typing import Any, Optional
+from typing import Any
 
 from .. import __version__
 from ..config import Choice, format_size
@@ -38,7 +38,7 @@ class Action(Choice):
 class NodeInstall:
     """Everything one leader does on its node's filesystem around the stream."""
 
-    def __init__(self, spec: WorkerSpec, plan: Plan, host: Optional[str] = None) -> None:
+    def __init__(self, spec: WorkerSpec, plan: Plan, host: str | None = None) -> None:
         self.spec = spec
         self.plan = plan
         self.host = host or socket.gethostname()
@@ -48,8 +48,8 @@ class NodeInstall:
         self.file_mode = plan.file_mode
         self.staging = os.path.join(self.parent, f".{self.name}.ezpz-staging-{os.getpid()}")
         self.lock_path = os.path.join(self.parent, f".{self.name}.ezpz-lock")
-        self.archive_copy: Optional[str] = None
-        self._lock_fd: Optional[int] = None
+        self.archive_copy: str | None = None
+        self._lock_fd: int | None = None
         self.cleanup_paths: list[str] = []
 
     # -- marker ------------------------------------------------------------------------
@@ -59,7 +59,7 @@ class NodeInstall:
             return os.path.join(self.parent, f".{self.name}.ezpz-installed.json")
         return os.path.join(self.dst, MARKER_RELPATH)
 
-    def read_marker(self) -> Optional[dict[str, Any]]:
+    def read_marker(self) -> dict[str, Any] | None:
         try:
             with open(self.marker_path) as fh:
                 return json.load(fh)
@@ -89,7 +89,7 @@ class NodeInstall:
                     os.close(fd)
                     raise TransferError(f"another transfer into {self.dst} is still running "
                                         f"(lock {self.lock_path} held for {timeout:g}s); wait "
-                                        "for it or choose another transfer.dst")
+                                        "for it or choose another transfer.dst") from None
                 time.sleep(0.05)
         self._lock_fd = fd
 

@@ -4,7 +4,6 @@ user's ``src``/``dst`` seen from the launching host."""
 from __future__ import annotations
 
 import os
-from typing import Optional
 
 from ..config import Codec, TransferConfig
 from ..errors import ArchiveError, ConfigError
@@ -21,7 +20,7 @@ def default_dst(src: str, decompress: bool) -> str:
     return os.path.join("/tmp", strip_suffix(name) if decompress else name)
 
 
-def check_user_paths(cfg: TransferConfig, archive: Optional[str]) -> None:
+def check_user_paths(cfg: TransferConfig, archive: str | None) -> None:
     """What a user got wrong about ``src``/``dst``, seen from the launching host before
     anything starts: an unreadable archive, a dst of the wrong type, a read-only or
     unwritable location. Raises :class:`ConfigError` (one line naming the key and the fix).
@@ -71,7 +70,7 @@ def archive_id(path: str, size: int, mtime_ns: int) -> str:
     return h.hexdigest()
 
 
-def _manifest_facts(path: str) -> tuple[Optional[str], Optional[int]]:
+def _manifest_facts(path: str) -> tuple[str | None, int | None]:
     """(kind, total_bytes) from the archive's manifest, or (None, None) without one. Only these
     few facts travel in the plan: the manifest itself (its list of prefix files) can be far
     larger than a status message."""

@@ -7,7 +7,7 @@ import math
 import os
 import socket
 from datetime import datetime, timezone
-from typing import Any, Optional
+from typing import Any
 
 from .. import __version__
 from ..config import Status, format_size
@@ -116,7 +116,7 @@ def one_line(exc: BaseException) -> str:
     return text.splitlines()[0][:1000]
 
 
-def activation_for(results: dict[str, Any], kind: Optional[str] = None) -> Optional[str]:
+def activation_for(results: dict[str, Any], kind: str | None = None) -> str | None:
     """How to activate what ``results.json`` says was delivered (None without a dst)."""
     dst = results.get("dst")
     if not dst:

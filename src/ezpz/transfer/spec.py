@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Optional
+from typing import Any
 
 from ..config import Backend, Engine, MachineConfig, Status, TransferConfig
 from ..errors import ConfigError
@@ -43,21 +43,21 @@ class WorkerSpec:
     verify: bool = True
     relocate: bool = True
     timeout: float = 600.0
-    min_success_nodes: Optional[int] = None
-    min_success_fraction: Optional[float] = None
+    min_success_nodes: int | None = None
+    min_success_fraction: float | None = None
     #: torch.distributed backend and device for ``backend=torch`` (from the machine preset).
     dist_backend: str = "gloo"
     device: str = "cpu"
     machine: str = "local"
-    launcher: Optional[str] = None
+    launcher: str | None = None
     #: The user's ``transfer`` settings as given, recorded in ``results.json``.
     settings: dict[str, Any] = field(default_factory=dict)
 
     # -- building ----------------------------------------------------------------------
     @classmethod
     def from_settings(cls, transfer: TransferConfig, *, src: str, dst: str, backend: Backend,
-                      machine: Optional[MachineConfig] = None,
-                      launcher: Optional[str] = None) -> WorkerSpec:
+                      machine: MachineConfig | None = None,
+                      launcher: str | None = None) -> WorkerSpec:
         """The spec for ``transfer`` with ``src``/``dst`` made absolute and ``backend``
         already decided (``auto`` resolved)."""
         if backend is Backend.auto:
@@ -187,8 +187,8 @@ class Plan:
     id: str
     codec: str
     #: From the archive's manifest (None without one): env kind and uncompressed file bytes.
-    kind: Optional[str] = None
-    total_bytes: Optional[int] = None
+    kind: str | None = None
+    total_bytes: int | None = None
 
     @property
     def file_mode(self) -> bool:
@@ -208,7 +208,7 @@ class NodeStatus:
     status: Status = Status.ok
     seconds: float = 0.0
     mb_s: float = 0.0
-    error: Optional[str] = None
+    error: str | None = None
     rss_mb: float = 0.0
 
     def fail(self, error: str) -> None:
@@ -239,7 +239,7 @@ class TransferResult:
     archive: dict[str, Any]
     phases: dict[str, float]
     per_node: list[NodeStatus] = field(default_factory=list)
-    kind: Optional[str] = None
+    kind: str | None = None
     config: dict[str, Any] = field(default_factory=dict)
 
     @property

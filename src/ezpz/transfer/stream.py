@@ -16,7 +16,7 @@ import os
 import queue
 import threading
 import time
-from typing import Any, BinaryIO, Optional
+from typing import Any, BinaryIO
 
 from ..fsutil import write_all
 from .comm import Comm, CommTimeout
@@ -43,7 +43,7 @@ class Reader(threading.Thread):
         self.free: queue.Queue[bytearray] = queue.Queue()
         for b in buffers:
             self.free.put(b)
-        self.filled: queue.Queue[tuple[Optional[bytearray], Any]] = queue.Queue()
+        self.filled: queue.Queue[tuple[bytearray | None, Any]] = queue.Queue()
         self.seconds = 0.0
         self.hash_seconds = 0.0
         self.digest = ""
@@ -79,7 +79,7 @@ class Reader(threading.Thread):
         except OSError as exc:
             self.filled.put((None, f"cannot read {self.path}: {exc.strerror or exc}"))
 
-    def _free(self) -> Optional[bytearray]:
+    def _free(self) -> bytearray | None:
         while not self.stop.is_set():
             try:
                 return self.free.get(timeout=0.1)
@@ -99,8 +99,8 @@ class RootSide:
         size = min(spec.chunk_bytes, max(plan.bytes, 1))
         self.reader = Reader(plan.src, plan.bytes, [bytearray(size) for _ in range(spec.depth)])
         self.reader.start()
-        self._buf: Optional[bytearray] = None
-        self.error: Optional[str] = None
+        self._buf: bytearray | None = None
+        self.error: str | None = None
 
     def control(self) -> bytearray:
         try:
@@ -125,7 +125,7 @@ class RootSide:
     def release(self, buf: bytearray) -> None:
         self.reader.free.put(buf)
 
-    def finish(self, ctrl: Control, received: int) -> tuple[str, Optional[str]]:
+    def finish(self, ctrl: Control, received: int) -> tuple[str, str | None]:
         return self.reader.digest, self.error
 
     def close(self) -> None:
@@ -167,7 +167,7 @@ class LeaderSide:
     def release(self, buf: bytearray) -> None:
         self.free.put(buf)
 
-    def finish(self, ctrl: Control, received: int) -> tuple[str, Optional[str]]:
+    def finish(self, ctrl: Control, received: int) -> tuple[str, str | None]:
         if ctrl.flag is Flag.ABORT:
             return "", f"rank 0 aborted the transfer: {ctrl.msg}"
         t0 = time.perf_counter()
@@ -184,8 +184,8 @@ class LeaderSide:
         pass
 
 
-def pump(comm: Comm, side: RootSide | LeaderSide, consumer: Optional[Consumer],
-         timeout: float, phases: dict[str, float]) -> tuple[str, Optional[str]]:
+def pump(comm: Comm, side: RootSide | LeaderSide, consumer: Consumer | None,
+         timeout: float, phases: dict[str, float]) -> tuple[str, str | None]:
     """Broadcast (rank 0) or receive (leaders) the whole archive, chunk by chunk, handing
     each chunk to ``consumer`` (None: take part in the broadcast, write nothing).
 
@@ -238,7 +238,7 @@ class Consumer(threading.Thread):
         self.plan = plan
         self.spec = spec
         self.stream = ChunkStream(spec.depth)
-        self.error: Optional[BaseException] = None
+        self.error: BaseException | None = None
         self.report: Any = None
         self.seconds = 0.0
         self.copy_fd = node.open_archive_copy() if spec.keep_archive and not plan.file_mode \

@@ -20,7 +20,8 @@ import signal
 import sys
 import threading
 import time
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 from ..config import Status
 from ..envkind import EnvKind, detect_kind
@@ -44,16 +45,16 @@ Fatal = Callable[[int], Any]
 class Transfer:
     """One run of the collective on this rank (see :func:`ezpz.transfer.run_transfer`)."""
 
-    def __init__(self, spec: WorkerSpec, *, comm: Optional[Comm] = None,
+    def __init__(self, spec: WorkerSpec, *, comm: Comm | None = None,
                  fatal: Fatal = os._exit) -> None:
         self.spec = spec
         self._comm = comm
         self.fatal = fatal
-        self.node: Optional[NodeInstall] = None
-        self.consumer: Optional[Consumer] = None
+        self.node: NodeInstall | None = None
+        self.consumer: Consumer | None = None
         self.phases = {"read": 0.0, "broadcast": 0.0, "extract": 0.0, "verify": 0.0,
                        "relocate": 0.0, "total": 0.0}
-        self.kind: Optional[str] = None
+        self.kind: str | None = None
         self.host = ""
 
     # -- emergency exits (timeout watchdog, signals) ------------------------------------
@@ -77,7 +78,7 @@ class Transfer:
         self.fatal(128 + signum)
 
     # -- the run -------------------------------------------------------------------------
-    def run(self, run_dir: Optional[str] = None) -> Optional[TransferResult]:
+    def run(self, run_dir: str | None = None) -> TransferResult | None:
         t_start = time.perf_counter()
         spec = self.spec
         comm = self._comm or make_comm(spec.backend, spec.timeout,
@@ -118,8 +119,8 @@ class Transfer:
                 signal.signal(s, h)
             comm.close()
 
-    def _run(self, comm: Comm, run_dir: Optional[str], t_start: float
-             ) -> Optional[TransferResult]:
+    def _run(self, comm: Comm, run_dir: str | None, t_start: float
+             ) -> TransferResult | None:
         spec = self.spec
         my = NodeStatus(host=comm.host)
         plan = self._share_plan(comm)

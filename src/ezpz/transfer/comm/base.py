@@ -26,7 +26,8 @@ import os
 import socket
 import threading
 import time
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 from ...errors import TransferError
 from ...log import get_logger
@@ -65,7 +66,7 @@ class Watchdog:
     def __init__(self, on_expire: Callable[[str], None]) -> None:
         self.on_expire = on_expire
         self._cond = threading.Condition()
-        self._deadline: Optional[float] = None
+        self._deadline: float | None = None
         self._what = ""
         self._stop = False
         self._thread = threading.Thread(target=self._loop, name="ezpz-watchdog", daemon=True)
@@ -160,7 +161,7 @@ class Comm:
 
     # polling --------------------------------------------------------------------------
     def _poll(self, done: Callable[[], bool], what: str, max_sleep: float,
-              timeout: Optional[float] = None) -> None:
+              timeout: float | None = None) -> None:
         limit = self.timeout if timeout is None else timeout
         deadline = time.monotonic() + limit
         delay = 0.0
@@ -187,7 +188,7 @@ class Comm:
         return _G()
 
     # interface ------------------------------------------------------------------------
-    def bcast_control(self, buf: bytearray, timeout: Optional[float] = None) -> None:
+    def bcast_control(self, buf: bytearray, timeout: float | None = None) -> None:
         raise NotImplementedError
 
     def bcast_data(self, view: Any, nbytes: int) -> None:
@@ -196,7 +197,7 @@ class Comm:
     def allgather_leaders(self, obj: Any) -> list[Any]:
         raise NotImplementedError
 
-    def node_bcast_obj(self, obj: Any, timeout: Optional[float] = None) -> Any:
+    def node_bcast_obj(self, obj: Any, timeout: float | None = None) -> Any:
         raise NotImplementedError
 
     def close(self) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any, Optional
+from typing import Any
 
 from .base import Comm, CommTimeout, decode_obj, encode_obj
 
@@ -32,7 +32,7 @@ class LocalWorld:
     def size(self) -> int:
         return len(self.hosts)
 
-    def comm(self, rank: int, timeout: Optional[float] = None) -> LocalComm:
+    def comm(self, rank: int, timeout: float | None = None) -> LocalComm:
         return LocalComm(self, rank, self.timeout if timeout is None else timeout)
 
     def exchange(self, group: str, round_: int, index: int, members: int, value: Any,
@@ -78,12 +78,12 @@ class LocalComm(Comm):
         self._round[group] = n + 1
         return n
 
-    def _leaders(self, value: Any, what: str, timeout: Optional[float]) -> list[Any]:
+    def _leaders(self, value: Any, what: str, timeout: float | None) -> list[Any]:
         index = self.leader_ranks.index(self.rank)
         return self.world.exchange("leaders", self._next("leaders"), index, self.nnodes,
                                    value, self.timeout if timeout is None else timeout, what)
 
-    def bcast_control(self, buf: bytearray, timeout: Optional[float] = None) -> None:
+    def bcast_control(self, buf: bytearray, timeout: float | None = None) -> None:
         if not self.is_leader or self.nnodes == 1:
             return
         got = self._leaders(bytes(buf) if self.is_root else None, "the next chunk from rank 0",
@@ -103,7 +103,7 @@ class LocalComm(Comm):
             return [obj]
         return self._leaders(obj, "the other nodes", None)
 
-    def node_bcast_obj(self, obj: Any, timeout: Optional[float] = None) -> Any:
+    def node_bcast_obj(self, obj: Any, timeout: float | None = None) -> Any:
         obj = _as_sent(obj)
         if self.local_size == 1:
             return obj

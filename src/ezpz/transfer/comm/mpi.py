@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 from .base import DATA_POLL, OBJ_SLOT, Comm, decode_obj, encode_obj
 
@@ -26,7 +26,7 @@ class MPIComm(Comm):
             color = 0 if self.is_leader else MPI.UNDEFINED
             self.leaders = self.world.Split(color, self.rank)
 
-    def bcast_control(self, buf: bytearray, timeout: Optional[float] = None) -> None:
+    def bcast_control(self, buf: bytearray, timeout: float | None = None) -> None:
         if self.leaders == self.MPI.COMM_NULL or self.leaders.Get_size() == 1:
             return
         req = self.leaders.Ibcast([buf, self.MPI.BYTE], root=0)
@@ -43,7 +43,7 @@ class MPIComm(Comm):
         req = self.leaders.Ibcast(buf, root=0)
         self._poll(req.Test, "a data broadcast", DATA_POLL)
 
-    def _allgather(self, comm: Any, obj: Any, what: str, timeout: Optional[float]) -> list[Any]:
+    def _allgather(self, comm: Any, obj: Any, what: str, timeout: float | None) -> list[Any]:
         n = comm.Get_size()
         send = bytearray(encode_obj(obj))
         recv = bytearray(OBJ_SLOT * n)
@@ -54,7 +54,7 @@ class MPIComm(Comm):
     def allgather_leaders(self, obj: Any) -> list[Any]:
         return self._allgather(self.leaders, obj, "the other nodes", None)
 
-    def node_bcast_obj(self, obj: Any, timeout: Optional[float] = None) -> Any:
+    def node_bcast_obj(self, obj: Any, timeout: float | None = None) -> Any:
         if self.local_size == 1:
             return obj
         buf = bytearray(encode_obj(obj)) if self.is_leader else bytearray(OBJ_SLOT)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Optional
+from typing import Any
 
 from ...errors import TransferError
 from ...jobenv import get_rank, get_world_size
@@ -55,11 +55,11 @@ class TorchComm(Comm):
             self._views[key] = t
         return t
 
-    def _wait_work(self, work: Any, what: str, max_sleep: float, timeout: Optional[float]) -> None:
+    def _wait_work(self, work: Any, what: str, max_sleep: float, timeout: float | None) -> None:
         self._poll(work.is_completed, what, max_sleep, timeout)
         work.wait()
 
-    def bcast_control(self, buf: bytearray, timeout: Optional[float] = None) -> None:
+    def bcast_control(self, buf: bytearray, timeout: float | None = None) -> None:
         if not self.is_leader or self.nnodes == 1:
             return
         t = self.torch.frombuffer(buf, dtype=self.torch.uint8)
@@ -80,7 +80,7 @@ class TorchComm(Comm):
                 self.dist.broadcast(t, src=0, group=self.leaders)
 
     def _allgather(self, group: Any, n: int, obj: Any, what: str,
-                   timeout: Optional[float]) -> list[Any]:
+                   timeout: float | None) -> list[Any]:
         torch = self.torch
         send = torch.frombuffer(bytearray(encode_obj(obj)), dtype=torch.uint8)
         outs = [torch.empty(OBJ_SLOT, dtype=torch.uint8) for _ in range(n)]
@@ -93,7 +93,7 @@ class TorchComm(Comm):
             return [obj]
         return self._allgather(self.leaders, self.nnodes, obj, "the other nodes", None)
 
-    def node_bcast_obj(self, obj: Any, timeout: Optional[float] = None) -> Any:
+    def node_bcast_obj(self, obj: Any, timeout: float | None = None) -> Any:
         if self.local_size == 1:
             return obj
         buf = bytearray(encode_obj(obj)) if self.is_leader else bytearray(OBJ_SLOT)
