@@ -12,6 +12,7 @@ import os
 import sys
 from collections.abc import Mapping
 from datetime import datetime
+from typing import TextIO
 
 from .jobenv import get_rank
 
@@ -48,7 +49,8 @@ def debug_enabled(environ: Mapping[str, str] | None = None) -> bool:
     return env.get(LOG_LEVEL_ENV, "").strip().upper() == "DEBUG"
 
 
-def setup_logging(rank: int | None = None, stream=None, logfile: str | None = None) -> logging.Logger:
+def setup_logging(rank: int | None = None, stream: TextIO | None = None,
+                  logfile: str | None = None) -> logging.Logger:
     """Configure the ``ezpz`` logger (idempotent). Returns it.
 
     Only the ``ezpz`` logger tree is touched, so importing ezpz as a library leaves the

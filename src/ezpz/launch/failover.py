@@ -21,6 +21,7 @@ import socket
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ..errors import LaunchError
 from ..log import get_logger
@@ -38,7 +39,7 @@ def _key(name: str) -> str:
     return short_hostname(name).lower()
 
 
-def read_rank_records(rank_dir: str | None) -> list[dict]:
+def read_rank_records(rank_dir: str | None) -> list[dict[str, Any]]:
     """The rank wrapper's records of failed ranks (``rank-<r>.json``), in rank order."""
     if not rank_dir:
         return []
@@ -93,7 +94,7 @@ class Diagnosis:
     ranks: list[str] = field(default_factory=list)
 
 
-def _rank_host(record: dict, plan: LaunchPlan, matcher: HostMatcher) -> str | None:
+def _rank_host(record: dict[str, Any], plan: LaunchPlan, matcher: HostMatcher) -> str | None:
     for name in (record.get("node"), record.get("host")):
         host = matcher.match(name)
         if host is not None:
@@ -107,7 +108,7 @@ def _rank_host(record: dict, plan: LaunchPlan, matcher: HostMatcher) -> str | No
     return None
 
 
-def _describe(record: dict, host: str | None) -> str:
+def _describe(record: dict[str, Any], host: str | None) -> str:
     where = f"rank {record.get('rank')} on {host or record.get('host') or '?'}"
     if record.get("signal"):
         how = f"killed by {record['signal']}"
@@ -118,7 +119,7 @@ def _describe(record: dict, host: str | None) -> str:
     return f"{where}: {how}"
 
 
-def diagnose(plan: LaunchPlan, host_hits: Iterable[HostHit], records: Sequence[dict]
+def diagnose(plan: LaunchPlan, host_hits: Iterable[HostHit], records: Sequence[dict[str, Any]]
              ) -> Diagnosis:
     """The bad hosts of a failed attempt (see the module doc) and a line per failed rank."""
     matcher = HostMatcher(plan.hosts)

@@ -94,7 +94,7 @@ class SignalTrap:
 class Stopper:
     """Deliver a stop signal to a running launch the way its launcher needs it."""
 
-    def __init__(self, proc: subprocess.Popen, argv: Sequence[str],
+    def __init__(self, proc: subprocess.Popen[bytes], argv: Sequence[str],
                  env: Mapping[str, str] | None = None) -> None:
         self.proc = proc
         name = os.path.basename(str(argv[0])) if argv else ""

@@ -221,7 +221,8 @@ class NodeStatus:
         return self.status is Status.failed
 
     def to_wire(self) -> dict[str, Any]:
-        return _plain(asdict(self))
+        wire: dict[str, Any] = _plain(asdict(self))
+        return wire
 
     @classmethod
     def from_wire(cls, data: dict[str, Any]) -> NodeStatus:
