@@ -119,14 +119,14 @@ def run_floor(n: int, codec: str, path: Path) -> tuple[float, float]:
 
 def run_ezpz(n: int, path: Path, chunk: str, engine: str = "python",
              extra: tuple[str, ...] = (), env_extra: dict[str, str] | None = None,
-             ) -> tuple[float, float, dict]:
+             python: str = PY) -> tuple[float, float, dict]:
     work = Path(tempfile.mkdtemp(prefix="ezpz-bench-", dir="/var/tmp"))
     try:
         cfg = work / "cfg.yaml"
         cfg.write_text(f"transfer:\n  src: {json.dumps(str(path))}\n  chunk_size: {chunk}\n"
                        f"  extractor: {engine}\n")
-        argv = [PY, "-m", "ezpz.transfer", "--config-file", str(cfg), "--run-dir", str(work),
-                *extra]
+        argv = [python, "-m", "ezpz.transfer", "--config-file", str(cfg), "--run-dir",
+                str(work), *extra]
         env = dict(os.environ, EZPZ_LOG_LEVEL="WARNING", **(env_extra or {}))
         wall, cpu, _ = _sim(n, argv, env)
         return wall, cpu, json.loads((work / "results.json").read_text())
@@ -170,7 +170,10 @@ def main() -> None:
     ap.add_argument("--codecs", default="zstd,gzip")
     ap.add_argument("--chunks", default="4MiB,16MiB,64MiB")
     ap.add_argument("--parts", default="main,sweep,extractor,rss,startup",
-                    help="comma-separated subset of main,sweep,extractor,rss,startup")
+                    help="comma-separated subset of main,sweep,extractor,rss,startup,versions")
+    ap.add_argument("--baseline-python", metavar="PY",
+                    help="part 'versions': the interpreter of another checkout's venv whose "
+                         "worker is the baseline (e.g. the commit before a change)")
     ap.add_argument("overrides", nargs="*", help="extra transfer overrides for every ezpz run "
                     "(e.g. transfer.depth=2)")
     ap.add_argument("--floor-node", nargs=2, metavar=("CODEC", "PATH"), help=argparse.SUPPRESS)
@@ -232,6 +235,29 @@ def main() -> None:
                 print(f"| {n} | {codec} | {f:.2f} | {e:.2f} | {e / f:.2f} | "
                       f"{statistics.median(flc):.1f} | {statistics.median(ezc):.1f} | {x:.2f} | "
                       f"{r:.3f} | {100 * r / x:.1f}% | {max(rss):.0f} |", flush=True)
+
+    if "versions" in parts:
+        if not args.baseline_python:
+            raise SystemExit("--parts versions needs --baseline-python")
+        print(f"\nthis checkout's worker vs the baseline's ({args.baseline_python}), runs "
+              "alternating, wall s and CPU s (medians)\n")
+        print("| N | codec | baseline s | this s | this/baseline | baseline CPU s | this CPU s |")
+        print("|---|---|---|---|---|---|---|")
+        for n in nodes:
+            for codec in codecs:
+                runs: dict[str, list[tuple[float, float]]] = {"base": [], "this": []}
+                for _ in range(repeat):  # alternate
+                    w, c, _res = run_ezpz(n, arch[codec], default_chunk, extra=extra,
+                                          python=args.baseline_python)
+                    runs["base"].append((w, c))
+                    w, c, _res = run_ezpz(n, arch[codec], default_chunk, extra=extra)
+                    runs["this"].append((w, c))
+                    print(f"    run: baseline {runs['base'][-1][0]:.2f} s, this {w:.2f} s",
+                          flush=True)
+                bw, bc = (statistics.median(r[i] for r in runs["base"]) for i in (0, 1))
+                tw, tc = (statistics.median(r[i] for r in runs["this"]) for i in (0, 1))
+                print(f"| {n} | {codec} | {bw:.2f} | {tw:.2f} | {tw / bw:.2f} | {bc:.1f} | "
+                      f"{tc:.1f} |", flush=True)
 
     if "sweep" in parts:
         print("\nchunk_size sweep (N=2, zstd):\n\n| chunk_size | ezpz s | MB/s | peak RSS MB |")
