@@ -156,6 +156,24 @@ def test_every_node_refuses_a_careless_dst(run_nodes, python, world, case, overw
         assert (root / k / "victim" / "canary").read_text().startswith("a user's")
 
 
+@pytest.mark.parametrize("overwrite", [False, True])
+@pytest.mark.parametrize("target", ["a-users-file", "the-archive-itself"])
+def test_a_file_dst_is_never_what_ezpz_did_not_deliver(world, target, overwrite):
+    """decompress=false: the same rule for a file dst."""
+    mine = world["work"] / "results.csv"
+    mine.write_text("a user's file")
+    dst, needle = {"a-users-file": (mine, "exists and is not an ezpz install of yours (it "
+                                          "holds no ezpz marker)"),
+                   "the-archive-itself": (world["src"], "is transfer.src")}[target]
+    before = snapshot(world["tmp"])
+    p = cli("ezpz.cli.yeet_env", "machine=local", f"transfer.src={hydra_quote(str(world['src']))}",
+            f"transfer.dst={hydra_quote(str(dst))}", "transfer.decompress=false",
+            f"transfer.overwrite={str(overwrite).lower()}", "launcher.dry_run=true",
+            cwd=world["work"], env=world["env"])
+    assert_one_line(p, world["work"], f"transfer.dst: {dst} ", needle)
+    assert snapshot(world["tmp"]) == before
+
+
 # --------------------------------------------------------------------------------------
 # other users
 # --------------------------------------------------------------------------------------
