@@ -16,7 +16,14 @@ from ezpz.cli.common import (
     to_settings,
     validate_overrides,
 )
-from ezpz.config import LaunchConfig, TarEnvConfig, YeetConfig, format_size, parse_size
+from ezpz.config import (
+    LaunchConfig,
+    TarEnvConfig,
+    TransferConfig,
+    YeetConfig,
+    format_size,
+    parse_size,
+)
 from ezpz.errors import ConfigError
 from ezpz.launch.hosts import detect_machine, short_hostname
 
@@ -61,7 +68,8 @@ def test_presets_carry_machine_facts():
 
 
 def test_overrides_reach_the_dataclasses():
-    s = to_settings(compose("yeet", ["transfer.chunk_size=1GiB", "transfer.src=/a b/c.tar.zst",
+    s = to_settings(compose("yeet", ["transfer.chunk_size=1GiB", "transfer.memory_budget=4GiB",
+                                     "transfer.src=/a b/c.tar.zst",
                                      "launcher.hostfile=\"/x'; echo y\"", "machine.cpu_bind=depth"]))
     assert s.transfer.chunk_bytes == 1024**3
     assert s.transfer.src == "/a b/c.tar.zst"
@@ -238,3 +246,50 @@ def test_worker_help_loads_no_heavy_module(tmp_path):
     assert "launcher: mpiexec, srun, torchrun" in p.stdout
     assert "--cfg job" in p.stdout
     assert p.stdout.strip().splitlines()[-1] == "HEAVY []"
+
+
+# --------------------------------------------------------------------------------------
+# transfer values checked in the schema
+# --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("kw, needle", [
+    ({"timeout": float("nan")}, r"transfer.timeout: must be more than 0 and at most 86400 "
+                                r"seconds, got nan"),
+    ({"timeout": float("inf")}, r"transfer.timeout: .* got inf"),
+    ({"timeout": 1e30}, r"transfer.timeout: .* got 1e\+30"),
+    ({"timeout": -1.0}, r"transfer.timeout: .* got -1.0"),
+    ({"timeout": True}, r"transfer.timeout: True is not a number of seconds"),
+    ({"depth": 0}, r"transfer.depth: must be 1 to 1024, got 0"),
+    ({"depth": 2000}, r"transfer.depth: must be 1 to 1024, got 2000"),
+    ({"chunk_size": "3GiB"}, r"3.0 GiB x 4 = 12.0 GiB is more than transfer.memory_budget"),
+    ({"chunk_size": "1MiB", "memory_budget": "1KiB"}, r"1.0 MiB x 4 = 4.0 MiB is more than"),
+    ({"memory_budget": "lots"}, r"transfer.memory_budget: 'lots' is not a size"),
+    ({"repeat": 5000}, r"transfer.repeat: must be 1 to 1000"),
+    ({"repeat_index": 1000}, r"transfer.repeat_index: must be less than 1000"),
+    ({"src": "  "}, r"transfer.src: is empty"),
+    ({"dst": ""}, r"transfer.dst: is empty"),
+    ({"dst": "envs/x"}, r"transfer.dst: 'envs/x' is relative"),
+    ({"dst": "/tmp/a b'c"}, r"transfer.dst: .* contains ', which activation scripts"),
+    ({"dst": "/tmp/a\tb"}, r"contains \\t"),
+    ({"dst": "/tmp/.x.ezpz-lock"}, r"names containing '.ezpz-' are ezpz's own"),
+    ({"dst": "/tmp/" + "é" * 101}, r"is longer than 200 bytes"),
+])
+def test_transfer_values_are_checked_in_the_schema(kw, needle):
+    with pytest.raises(ConfigError, match=needle):
+        TransferConfig(**kw)
+
+
+def test_schema_accepts_the_edges():
+    assert TransferConfig(timeout=86400).timeout == 86400.0
+    assert TransferConfig(chunk_size="64MiB", depth=4).chunk_bytes == 64 << 20
+    assert TransferConfig(chunk_size="1GiB", memory_budget="4GiB").chunk_bytes == 1 << 30
+    assert TransferConfig(dst="/tmp/with space/é").dst == "/tmp/with space/é"
+
+
+def test_unknown_keys_are_found_at_any_depth():
+    from ezpz.config import YeetConfig, unknown_keys
+
+    data = {"transfer": {"src": None, "foo": 1}, "machine": {"env": {"ANY": "1"}},
+            "tar_env": {"archive": {"bar": 2}}, "baz": 3}
+    assert unknown_keys(data, YeetConfig) == [("transfer.foo", "TransferConfig"),
+                                              ("tar_env.archive.bar", "ArchiveSpec"),
+                                              ("baz", "YeetConfig")]

@@ -19,7 +19,6 @@ from test_transfer import run
 
 pytestmark = pytest.mark.simnodes
 
-LOCK = ".venv.ezpz-lock"
 VICTIM = b"original victim\n"
 
 
@@ -73,8 +72,8 @@ HOSTILE = {
 
 
 def _node_state_clean(node, victim_sha: str) -> None:
-    """Only the lock file and the untouched victim remain in the node's /tmp."""
-    assert set(node.tmp) <= {LOCK, "victim"}, node.tmp
+    """Only the untouched victim remains in the node's /tmp."""
+    assert set(node.tmp) <= {"victim"}, node.tmp
     assert node.tmp["victim"]["sha256"] == victim_sha, "a file outside dst was modified"
 
 
@@ -150,4 +149,4 @@ def test_tar_bomb_refused_before_it_is_written(run_nodes, python, tmp_path):
         assert "free in /tmp" in p["error"] and "transfer.dst" in p["error"]
     for n in res.nodes:
         assert n.rc == 1
-        assert set(n.tmp) == {LOCK}, n.tmp
+        assert set(n.tmp) == set(), n.tmp

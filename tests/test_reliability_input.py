@@ -129,7 +129,7 @@ def test_dst_on_a_read_only_location(setup, simnodes_ok):
     p = yeet(f"transfer.src={hydra_quote(str(archive))}", "transfer.dst=/tmp/venv",
              cwd=tmp_path, env=env, wrap=[simnodes.SIMNODE])
     assert_refused(p, tmp_path, "transfer.dst: /tmp is on a read-only filesystem",
-                   "transfer.dst=/tmp/<name>")
+                   "transfer.dst=/tmp/ezpz-")
 
 
 # --------------------------------------------------------------------------------------

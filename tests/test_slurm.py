@@ -15,6 +15,7 @@ import pytest
 
 import simnodes
 import slurm_cluster as cluster_mod
+from ezpz.ownership import user_name
 from slurm_cluster import ClusterError, SlurmCluster
 
 pytestmark = pytest.mark.slurm
@@ -296,11 +297,15 @@ def yeet_env(out: Path, **kw) -> dict[str, str]:
     return env
 
 
+#: Where the probe environment lands by default, relative to a node's /tmp.
+PROBE_REL = f"ezpz-{user_name()}/ezpzprobe"
+
+
 @pytest.mark.simnodes
 @pytest.mark.parametrize("backend", ["mpi", "torch"])
 def test_yeet_env_delivers_a_working_env_into_every_nodes_tmp(slurm_cluster, simnodes_root,
                                                               probe_archive, backend, tmp_path):
-    dst = "/tmp/ezpzprobe"
+    dst = f"/tmp/{PROBE_REL}"  # the default: the per-user directory of each node's /tmp
     out = tmp_path / "nodes"
     out.mkdir()
     old_prefix = str(probe_archive.parent / "ezpzprobe")
@@ -316,7 +321,7 @@ def test_yeet_env_delivers_a_working_env_into_every_nodes_tmp(slurm_cluster, sim
     assert [n.host for n in nodes] == ["sim1", "sim2", "sim3"], detail
     for node in nodes:
         assert node.rc == 0, detail
-        assert "ezpzprobe" in node.tmp and node.tmp["ezpzprobe"]["type"] == "dir", detail
+        assert node.tmp.get(PROBE_REL, {}).get("type") == "dir", detail
         run = node.runs[0]
         assert run["rc"] == 0, run
         # the environment works from the node's own /tmp, relocated to its new prefix
@@ -338,8 +343,8 @@ def test_yeet_env_fails_naming_the_node_whose_tmp_is_read_only(slurm_cluster, si
             if "sim2" in line and not line.lstrip().startswith("srun:")]
     assert ours, slurm_cluster.explain(p)
     # the healthy nodes got the environment, the read-only one has nothing
-    assert "ezpzprobe" in nodes[0].tmp and "ezpzprobe" in nodes[2].tmp, [n.tmp for n in nodes]
-    assert nodes[1].tmp == {} or "ezpzprobe" not in nodes[1].tmp
+    assert PROBE_REL in nodes[0].tmp and PROBE_REL in nodes[2].tmp, [n.tmp for n in nodes]
+    assert nodes[1].tmp == {} or PROBE_REL not in nodes[1].tmp
 
 
 def test_a_command_that_times_out_leaves_no_allocation_behind(slurm_cluster):

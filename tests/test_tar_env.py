@@ -386,22 +386,25 @@ def test_bad_codec_and_level_library(venv):
 
 
 def test_foreign_file_is_not_overwritten(venv, tmp_path):
+    """archive.path is replaced only when it holds an ezpz archive of the user's, whatever
+    overwrite says."""
     foreign = tmp_path / "mine.tar.zst"
     foreign.write_bytes(b"precious data, not an archive")
-    with pytest.raises(ArchiveError, match=r"mine.tar.zst exists and is not an ezpz archive; "
-                                           r"choose another archive.path or pass overwrite=true"):
-        tar_env.pack(prefix=str(venv), path=str(foreign))
+    for overwrite in (False, True):
+        with pytest.raises(ConfigError, match=r"archive.path: .*mine.tar.zst exists and is not "
+                                              r"an ezpz archive of yours \(it holds no ezpz "
+                                              r"manifest\); ezpz never replaces it, whatever "
+                                              r"overwrite says"):
+            tar_env.pack(prefix=str(venv), path=str(foreign), overwrite=overwrite)
     assert foreign.read_bytes() == b"precious data, not an archive"
     # A real tar that is not ours is foreign too.
     plain = tmp_path / "plain.tar"
     subprocess.run(["tar", "-cf", str(plain), "-C", str(venv.parent), "myvenv"], check=True)
     assert read_manifest(plain) is None
     before = plain.read_bytes()
-    with pytest.raises(ArchiveError, match="is not an ezpz archive"):
-        tar_env.pack(prefix=str(venv), path=str(plain), codec="none")
+    with pytest.raises(ConfigError, match="is not an ezpz archive"):
+        tar_env.pack(prefix=str(venv), path=str(plain), codec="none", overwrite=True)
     assert plain.read_bytes() == before
-    assert tar_env.pack(prefix=str(venv), path=str(foreign), overwrite=True) == foreign
-    assert read_manifest(foreign).name == "myvenv"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["envs", "mine.tar.zst", "plain.tar"]
 
 

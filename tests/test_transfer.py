@@ -16,10 +16,9 @@ from pathlib import Path
 import pytest
 import zstandard
 
+from ezpz.formats.codecs import strip_suffix
+
 pytestmark = pytest.mark.simnodes
-
-LOCK = ".venv.ezpz-lock"
-
 
 def make_venv(root: Path, name: str = "venv", extra: int = 30) -> Path:
     env = root / name
@@ -64,6 +63,13 @@ def worker(python, *overrides):
 
 
 def cfgfile(tmp_path: Path, **transfer) -> Path:
+    """The worker's config; without ``dst``, ``/tmp/<name>`` (the tests' own place: the
+    default, ``/tmp/ezpz-<user>/<name>``, is tested on its own)."""
+    if "dst" not in transfer and "src" in transfer:
+        name = os.path.basename(transfer["src"])
+        if transfer.get("decompress", True):
+            name = strip_suffix(name)
+        transfer = {**transfer, "dst": f"/tmp/{name}"}
     lines = ["transfer:"] + [f"  {k}: {json.dumps(v)}" for k, v in transfer.items()]
     path = tmp_path / "cfg.yaml"
     path.write_text("\n".join(lines) + "\n")
@@ -191,7 +197,7 @@ def test_two_ranks_per_node_extract_once(run_nodes, python, tmp_path, payload):
     assert [p["host"] for p in results["per_node"]] == ["node0", "node1"]
     for node in ("node0", "node1"):
         entries = sorted(os.listdir(root / node))
-        assert entries == [LOCK, "venv"], entries
+        assert entries == ["venv"], entries
 
 
 def test_rerun_skip_refuse_and_overwrite(run_nodes, python, tmp_path, payload):
@@ -225,7 +231,7 @@ def test_rerun_skip_refuse_and_overwrite(run_nodes, python, tmp_path, payload):
     for node in ("node0", "node1"):
         assert (root / node / "venv/NEW").read_text() == "new"
         assert not (root / node / "venv/lib/python3/site-packages/pkg/m29.py").exists()
-        assert sorted(os.listdir(root / node)) == [LOCK, "venv"]
+        assert sorted(os.listdir(root / node)) == ["venv"]
 
 
 @pytest.mark.parametrize("how", ["gzip-flipped", "zstd-truncated"])

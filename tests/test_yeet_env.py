@@ -207,7 +207,10 @@ def probe_archive(tmp_path_factory) -> Path:
 @pytest.mark.parametrize("launcher", ["mpiexec", "torchrun"])
 def test_yeet_env_delivers_a_working_env_to_two_simulated_nodes(simnodes_ok, tmp_path, nodefile,
                                                                 probe_archive, launcher):
-    dst = "/tmp/ezpzprobe"
+    from ezpz.ownership import user_name
+
+    # the default dst: the environment's name in the per-user directory of each node's /tmp
+    dst = f"/tmp/ezpz-{user_name()}/ezpzprobe"
     out = tmp_path / "nodes"
     out.mkdir()
     env = simnodes.sim_env(out, run_in_node=[[f"{dst}/bin/python", "-c", PROBE]],
@@ -223,7 +226,9 @@ def test_yeet_env_delivers_a_working_env_to_two_simulated_nodes(simnodes_ok, tmp
     assert [n.host for n in nodes] == ["node0", "node1"], detail
     for node in nodes:
         assert node.rc == 0, detail
-        assert node.tmp.get("ezpzprobe", {}).get("type") == "dir", detail
+        assert node.tmp.get(f"ezpz-{user_name()}") == {"type": "dir", "mode": 0o700}, detail
+        assert node.tmp.get(f"ezpz-{user_name()}/ezpzprobe", {}).get("type") == "dir", detail
+        assert not [k for k in node.tmp if ".ezpz-" in k], "no lock or staging left behind"
         run = node.runs[0]
         assert run["rc"] == 0 and run["stdout"].split() == ["delivered", dst], run
     results = json.loads((_run_dir(tmp_path) / "results.json").read_text())

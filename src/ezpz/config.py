@@ -266,13 +266,73 @@ class LauncherConfig:
         check_regexes("launcher.filters", self.filters)
 
 
+#: Longest ``transfer.timeout`` (seconds): one day. Any single wait of a transfer that takes
+#: longer is a hang, not a slow node.
+TIMEOUT_MAX = 86400.0
+#: Default of ``transfer.memory_budget``: what the broadcast buffers of one rank may take.
+MEMORY_BUDGET = "256MiB"
+#: Most chunks in flight (``transfer.depth``) and repeats of a sweep point.
+DEPTH_MAX = 1024
+REPEAT_MAX = 1000
+#: Longest name (bytes) of ``transfer.dst``: ezpz adds its own suffixes next to it (lock,
+#: staging) and a file name has at most 255 bytes.
+DST_NAME_MAX = 200
+
+
+#: Characters a destination may not contain: activation scripts cannot quote them safely.
+SHELL_SPECIAL = frozenset("'\"$`\\")
+
+
+def unsafe_characters(path: str) -> str | None:
+    """The characters of ``path`` an activation script cannot quote safely (quotes, ``$``,
+    backslash, backquote, control characters), as a readable list; None when there are none."""
+    bad = sorted({c for c in path if c in SHELL_SPECIAL or ord(c) < 32 or ord(c) == 127})
+    if not bad:
+        return None
+    return " ".join(repr(c)[1:-1] if ord(c) < 32 or ord(c) == 127 else c for c in bad)
+
+
+def check_dst_path(dst: str, key: str = "transfer.dst") -> None:
+    """A destination must be absolute, quotable by activation scripts, and not one of
+    ezpz's own names. Raises :class:`ConfigError` naming ``key``."""
+    if not dst:
+        raise ConfigError(f"{key}: is empty; give an absolute node-local path such as "
+                          "/tmp/<name>, or leave it out for the default")
+    bad = unsafe_characters(dst)
+    if bad:
+        raise ConfigError(f"{key}: {dst!r} contains {bad}, which activation scripts cannot "
+                          "quote safely; choose a path without quotes, $, backslash, "
+                          "backquote or control characters")
+    if not dst.startswith("/"):
+        raise ConfigError(f"{key}: {dst!r} is relative, so it would depend on each node's "
+                          "current directory; give an absolute node-local path such as "
+                          "/tmp/<name>")
+    name = dst.rstrip("/").rsplit("/", 1)[-1]
+    if ".ezpz-" in name:
+        raise ConfigError(f"{key}: {dst!r}: names containing '.ezpz-' are ezpz's own (locks, "
+                          "staging); choose another name")
+    if len(name.encode("utf-8", "surrogateescape")) > DST_NAME_MAX:
+        raise ConfigError(f"{key}: the name {name[:40]!r}... is longer than {DST_NAME_MAX} "
+                          "bytes; choose a shorter name")
+
+
+def check_seconds(value: Any, key: str, *, maximum: float = TIMEOUT_MAX) -> float:
+    """A finite, positive number of seconds no larger than ``maximum``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{key}: {value!r} is not a number of seconds")
+    if not math.isfinite(value) or not 0 < value <= maximum:
+        raise ConfigError(f"{key}: must be more than 0 and at most {maximum:g} seconds, got "
+                          f"{value!r}")
+    return float(value)
+
+
 @dataclass
 class TransferConfig:
     """The per-node transfer (``conf/transfer/*.yaml``)."""
 
     #: Archive (or any file with decompress=false) on the shared filesystem.
     src: Optional[str] = None
-    #: Where it lands on every node; default /tmp/<archive name without .tar.*>.
+    #: Where it lands on every node (absolute); default /tmp/ezpz-<user>/<environment name>.
     dst: Optional[str] = None
     decompress: bool = True
     #: Broadcast chunk size: 64MiB, 1GiB, 512KB or bytes.
@@ -285,12 +345,15 @@ class TransferConfig:
     backend: Backend = Backend.auto
     #: Also leave the archive file itself in dst's parent directory.
     keep_archive: bool = False
+    #: Replace an older ezpz install at dst (never anything ezpz did not install).
     overwrite: bool = False
     verify: bool = True
     #: Rewrite the environment's old prefix to dst after extraction.
     relocate: bool = True
-    #: Seconds any collective wait may take before the node gives up.
+    #: Seconds any collective wait may take before the node gives up (at most one day).
     timeout: float = 600.0
+    #: What the broadcast buffers of one rank (chunk_size x depth) may take.
+    memory_budget: str = MEMORY_BUDGET
     #: Times each sweep point is repeated (for medians). In a multirun (-m), repeat=k>1 adds
     #: the sweep transfer.repeat_index=0,...,k-1, so each point runs as k jobs.
     repeat: int = 1
@@ -306,15 +369,29 @@ class TransferConfig:
             raise ConfigError(f"transfer.chunk_size: {self.chunk_size!r} must be greater than 0")
         self.backend = choice(Backend, self.backend, "transfer.backend")
         self.extractor = choice(Engine, self.extractor, "transfer.extractor")
-        if self.depth < 1:
-            raise ConfigError(f"transfer.depth: must be at least 1, got {self.depth}")
-        if self.timeout <= 0:
-            raise ConfigError(f"transfer.timeout: must be positive, got {self.timeout}")
-        if self.repeat < 1:
-            raise ConfigError(f"transfer.repeat: must be at least 1, got {self.repeat}")
+        if self.src is not None and not str(self.src).strip():
+            raise ConfigError("transfer.src: is empty; give the archive (or the environment "
+                              "directory to pack), or leave it out to pack the running one")
+        if self.dst is not None:
+            check_dst_path(self.dst)
+        if not 1 <= self.depth <= DEPTH_MAX:
+            raise ConfigError(f"transfer.depth: must be 1 to {DEPTH_MAX}, got {self.depth}")
+        self.timeout = check_seconds(self.timeout, "transfer.timeout")
+        budget = parse_size(self.memory_budget, "transfer.memory_budget")
+        if n * self.depth > budget:
+            raise ConfigError(
+                f"transfer.chunk_size x transfer.depth = {format_size(n)} x {self.depth} = "
+                f"{format_size(n * self.depth)} is more than transfer.memory_budget="
+                f"{self.memory_budget} (every rank holds depth chunks); lower chunk_size or "
+                "depth, or raise transfer.memory_budget")
+        if not 1 <= self.repeat <= REPEAT_MAX:
+            raise ConfigError(f"transfer.repeat: must be 1 to {REPEAT_MAX}, got {self.repeat}")
         if self.repeat_index < 0:
             raise ConfigError(
                 f"transfer.repeat_index: must be 0 or more, got {self.repeat_index}")
+        if self.repeat_index >= REPEAT_MAX:
+            raise ConfigError(f"transfer.repeat_index: must be less than {REPEAT_MAX}, got "
+                              f"{self.repeat_index}")
         if self.min_success_nodes is not None and self.min_success_nodes < 1:
             raise ConfigError(
                 f"transfer.min_success_nodes: must be at least 1, got {self.min_success_nodes}")
@@ -335,6 +412,10 @@ class EnvSpec:
     bundle_python: bool = False
 
 
+#: Most compression threads ``archive.threads`` may ask for.
+THREADS_MAX = 1024
+
+
 @dataclass
 class ArchiveSpec:
     #: Output file; default <env-parent>/<env-name>.tar.<ext>.
@@ -352,8 +433,12 @@ class ArchiveSpec:
             if not lo <= self.level <= hi:
                 raise ConfigError(
                     f"archive.level: {self.level} is out of range for {self.codec} ({lo}..{hi})")
-        if self.threads < 0:
-            raise ConfigError(f"archive.threads: must be 0 (all cores) or more, got {self.threads}")
+        if not 0 <= self.threads <= THREADS_MAX:
+            raise ConfigError(f"archive.threads: must be 0 (all cores) to {THREADS_MAX}, got "
+                              f"{self.threads}")
+        if self.path is not None and not str(self.path).strip():
+            raise ConfigError("archive.path: is empty; give the archive's file name, or leave "
+                              "it out for <env-parent>/<env-name>.tar.<ext>")
 
 
 @dataclass
@@ -387,6 +472,28 @@ class LaunchConfig:
     launcher: LauncherConfig = field(default_factory=LauncherConfig)
     #: The command to run on every process (or give it after ``--``).
     cmd: list[str] = field(default_factory=list)
+
+
+def unknown_keys(data: Any, schema: type, prefix: str = "") -> list[tuple[str, str]]:
+    """``(dotted key, schema name)`` of every key of the plain mapping ``data`` that the
+    dataclass ``schema`` (and the dataclasses it nests) does not define."""
+    import dataclasses
+
+    if not isinstance(data, dict) or not dataclasses.is_dataclass(schema):
+        return []
+    fields = {f.name: f for f in dataclasses.fields(schema)}
+    out: list[tuple[str, str]] = []
+    for key, value in data.items():
+        where = f"{prefix}{key}"
+        f = fields.get(str(key))
+        if f is None:
+            out.append((where, schema.__name__))
+            continue
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING \
+            else f.default
+        if dataclasses.is_dataclass(default):
+            out += unknown_keys(value, type(default), where + ".")
+    return out
 
 
 def register_configs() -> None:

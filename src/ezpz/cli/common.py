@@ -186,12 +186,30 @@ def to_settings(cfg: Any, keys: Sequence[str] | None = None) -> Any:
 
     try:
         if keys is None:
+            _refuse_unknown_keys(cfg)
             return OmegaConf.to_object(cfg)
         return OmegaConf.to_object(OmegaConf.masked_copy(cfg, list(keys)))
     except ConfigError:
         raise
     except Exception as exc:
         raise ConfigError(describe_config_exception(exc)) from exc
+
+
+def _refuse_unknown_keys(cfg: Any) -> None:
+    """A key the schema does not define (``+transfer.foo=1`` adds one that OmegaConf would
+    silently drop): one line naming it."""
+    from omegaconf import OmegaConf
+
+    from ..config import unknown_keys
+
+    schema = OmegaConf.get_type(cfg)
+    if schema is None:
+        return
+    extra = unknown_keys(OmegaConf.to_container(cfg, resolve=False), schema)
+    if extra:
+        key, where = extra[0]
+        raise ConfigError(f"{key}: unknown key (not in {where}); see --cfg job for the valid "
+                          "keys")
 
 
 def validate_overrides(config_name: str, overrides: list[str], multirun: bool) -> Any:

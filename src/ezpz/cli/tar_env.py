@@ -26,9 +26,20 @@ def task(cfg: Any) -> int:
     return 0
 
 
+def preflight(settings: Any) -> None:
+    """Where the archive goes, checked before Hydra creates a run directory (a directory, a
+    file that is not an ezpz archive of the user's: one line, nothing written)."""
+    from ..pack import resolve_output
+    from ..pack.packer import resolve_prefix
+
+    resolve_output(settings.archive.path, resolve_prefix(settings.env.prefix),
+                   settings.archive.codec)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     return standard_main(prog="ezpz-tar-env", description=DESCRIPTION, config_name="tar_env",
-                         groups=(), task=task, argv=argv, examples=EXAMPLES, detect=False)
+                         groups=(), task=task, argv=argv, examples=EXAMPLES, detect=False,
+                         preflight=preflight)
 
 
 if __name__ == "__main__":

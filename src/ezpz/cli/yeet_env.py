@@ -213,15 +213,20 @@ def _archive_kind(archive: Path | None) -> str | None:
 
 
 def preflight(settings: YeetConfig) -> None:
-    """Check what a user can get wrong (transfer.src, backend, hosts) before Hydra creates a
-    run directory: a refused run writes and starts nothing."""
+    """Check what a user can get wrong (transfer.src and dst, the archive to pack, backend,
+    hosts) before Hydra creates a run directory: a refused run writes and starts nothing."""
     from ..launch import resolve_topology
     from ..launch.hosts import discover_hosts
     from ..transfer import check_user_paths
 
     resolve_backend(settings.transfer.backend, settings.launcher.name)
-    archive, _ = check_src(settings.transfer.src)
-    check_user_paths(settings.transfer, str(archive) if archive else None)
+    archive, to_pack = check_src(settings.transfer.src)
+    if to_pack is not None:  # where the packed archive will go, before anything is written
+        from ..pack import resolve_output
+
+        resolve_output(settings.tar_env.archive.path, to_pack, settings.tar_env.archive.codec)
+    check_user_paths(settings.transfer, str(archive) if archive else None,
+                     env_dir=str(to_pack) if to_pack else None)
     hosts = discover_hosts(settings.launcher.hostfile, warn=False)  # the launch warns once
     resolve_topology(ngpus=None, nhosts=settings.launcher.nhosts, ngpu_per_host=1,
                      hosts_available=len(hosts), gpus_per_host=0)

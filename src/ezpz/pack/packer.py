@@ -32,6 +32,7 @@ from ..errors import ArchiveError, ConfigError
 from ..formats import codecs
 from ..formats.manifest import BUNDLED_PYTHON_RELPATH, MANIFEST_RELPATH, Manifest, read_manifest
 from ..log import get_logger
+from ..ownership import lstat_or_none, owner_name
 from . import tree as archive_tree
 from . import writer as archive
 from .sinks import default_level
@@ -172,7 +173,33 @@ def resolve_output(path: str | None, prefix: Path, codec: str) -> Path:
     if _inside(str(out), str(prefix)):
         raise ConfigError(f"{key}: {out} is inside the environment being packed; choose a "
                           "path outside it")
+    why = _not_replaceable(out)
+    if why:
+        raise ConfigError(f"{key}: {out} exists and is not an ezpz archive of yours ({why}); "
+                          "ezpz never replaces it, whatever overwrite says: choose another "
+                          "archive.path, or remove it yourself")
     return out
+
+
+def _not_replaceable(out: Path) -> str | None:
+    """Why the existing ``out`` is not an archive ezpz may replace (None: it may, or it does
+    not exist): it must be a regular file of the running user with an ezpz manifest."""
+    st = lstat_or_none(str(out))
+    if st is None:
+        return None
+    if stat.S_ISLNK(st.st_mode):
+        return "it is a symbolic link"
+    if not stat.S_ISREG(st.st_mode):
+        return "it is not a regular file"
+    if os.path.ismount(out):
+        return "it is a mount point"
+    if st.st_uid != os.geteuid():
+        return f"it belongs to {owner_name(st.st_uid)}"
+    try:
+        found = read_manifest(out)
+    except ArchiveError:
+        found = None
+    return None if found is not None else "it holds no ezpz manifest"
 
 
 # --------------------------------------------------------------------------------------

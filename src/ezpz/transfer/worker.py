@@ -29,7 +29,7 @@ from ..errors import EXIT_FAILURE, ConfigError, EzpzError, TransferError
 from ..fsutil import peak_rss_mb
 from ..log import get_logger
 from .comm import Comm, CommTimeout, make_comm
-from .node import Action, NodeInstall
+from .node import Action, NodeInstall, check_dst_on_node
 from .plan import make_plan
 from .results import one_line, overall, summary, update_failed_hosts, write_results
 from .spec import NodeStatus, Plan, TransferResult, WorkerSpec
@@ -131,7 +131,8 @@ class Transfer:
                 raise TransferError(final.get("error") or f"the transfer {final.get('status')}")
             return None
 
-        action = self._prepare(plan, my)
+        action = self._prepare(plan, my) if check_dst_on_node(comm, spec, my, run_dir) \
+            else Action.fail
         actions = comm.allgather_leaders(str(action))
         if action is Action.skip:
             my.status = Status.skipped
