@@ -443,7 +443,9 @@ def test_a_bad_node_is_replaced_by_a_spare_and_the_job_completes(tmp_path, fake_
     assert sorted((tmp_path / "runs").read_text().split("\n")[:-1]) == \
         ["0 nodeA", "0 nodeA", "1 nodeB", "1 nodeC"]
     assert "rank 1 done on nodeC" in p.stdout and "rank 0 done on nodeA" in p.stdout
-    assert ssh_log.read_text().split() == ["nodeA", "nodeB", "nodeA", "nodeC"]
+    # hydra starts an attempt's proxies concurrently: the order within an attempt is free
+    reached = ssh_log.read_text().split()
+    assert sorted(reached[:2]) == ["nodeA", "nodeB"] and sorted(reached[2:]) == ["nodeA", "nodeC"]
     run = _run_dir(tmp_path)
     assert (run / "hostfile").read_text() == "nodeA\nnodeB\n"
     assert (run / "hostfile.attempt2").read_text() == "nodeA\nnodeC\n"
