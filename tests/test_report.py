@@ -213,7 +213,7 @@ def test_without_matplotlib_csv_and_md_are_still_written(sweep, monkeypatch):
     assert not (sweep / "summary.png").exists()
     assert (sweep / "summary.csv").exists() and (sweep / "summary.md").exists()
     assert written.notes == ["summary.png not written: matplotlib is not installed "
-                             "(pip install 'ezpz[plot]')"]
+                             "(pip install 'ezpz-hpc[plot]')"]
 
 
 # ---------------------------------------------------------------------------------------

@@ -42,7 +42,7 @@ REPEAT_KEY = "transfer.repeat_index"
 PHASES = ("read", "broadcast", "extract", "verify", "relocate")
 #: Run statuses whose timings count towards a point's medians.
 TIMED_STATUSES = ("ok", "partial")
-PLOT_HINT = "pip install 'ezpz[plot]'"
+PLOT_HINT = "pip install 'ezpz-hpc[plot]'"
 
 
 # --------------------------------------------------------------------------------------

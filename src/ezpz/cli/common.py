@@ -25,7 +25,13 @@ from ..launch.hosts import detect_machine
 
 CONFIG_MODULE = "ezpz.conf"
 _HYDRA_VALUE_FLAGS = {"--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd",
-                      "--info", "-i", "--experimental-rerun"}
+                      "--package", "-p", "--experimental-rerun"}
+_CFG_CHOICES = frozenset({"job", "hydra", "all"})
+_INFO_CHOICES = frozenset({"all", "config", "defaults", "defaults-tree", "plugins",
+                           "searchpath"})
+#: Hydra flags whose value is optional or one of a few words: the value, when given.
+_OPTIONAL_VALUE_FLAGS = {"--cfg": _CFG_CHOICES, "-c": _CFG_CHOICES,
+                         "--info": _INFO_CHOICES, "-i": _INFO_CHOICES}
 
 
 @dataclass
@@ -40,26 +46,30 @@ def split_argv(argv: Sequence[str]) -> SplitArgs:
     flags: list[str] = []
     overrides: list[str] = []
     multirun = False
-    it = iter(argv)
-    for arg in it:
+    args = list(argv)
+    i = 0
+    while i < len(args):
+        arg = args[i]
         if arg in ("--multirun", "-m"):
             multirun = True
             flags.append(arg)
-        elif arg in ("--cfg", "-c", "--package", "-p", "--info", "-i"):
+        elif arg in _OPTIONAL_VALUE_FLAGS:
+            # --cfg job|hydra|all, --info [what]: the value is taken only when it is one of
+            # the flag's choices (a bare --info before an override leaves the override alone)
             flags.append(arg)
-            # --cfg job|hydra|all, --package PKG, --info [what]: value follows if it is not an override
-            nxt = next(it, None)
-            if nxt is not None:
-                flags.append(nxt)
+            if i + 1 < len(args) and args[i + 1] in _OPTIONAL_VALUE_FLAGS[arg]:
+                i += 1
+                flags.append(args[i])
         elif arg in _HYDRA_VALUE_FLAGS:
             flags.append(arg)
-            nxt = next(it, None)
-            if nxt is not None:
-                flags.append(nxt)
+            if i + 1 < len(args):
+                i += 1
+                flags.append(args[i])
         elif arg.startswith("-") and "=" not in arg.split("-", 2)[-1][:1]:
             flags.append(arg)
         else:
             overrides.append(arg)
+        i += 1
     return SplitArgs(flags, overrides, multirun)
 
 
@@ -338,6 +348,9 @@ def standard_main(*, prog: str, description: str, config_name: str, groups: Sequ
     default launcher); ``config_in_help``: --help also prints the composed config."""
     args = list(sys.argv[1:] if argv is None else argv)
     split = split_argv(args)
+    if "--version" in split.flags:
+        print(version_line(prog))
+        return 0
     overrides = split.overrides
     detected = None
     if detect:
@@ -348,9 +361,9 @@ def standard_main(*, prog: str, description: str, config_name: str, groups: Sequ
         print_help(prog, description, config_name, groups,
                    [o for o in overrides if "," not in o], examples, config_in_help)
         return 0
-    if "--hydra-help" in split.flags or "--version" in split.flags or "-sc" in split.flags \
+    if "--hydra-help" in split.flags or "-sc" in split.flags \
             or "--shell-completion" in split.flags:
-        return run_hydra(config_name, task, split.flags + overrides, prog)
+        return run_hydra(config_name, task, hydra_argv(split.flags, overrides), prog)
     try:
         settings = validate_overrides(config_name, overrides, split.multirun)
         if preflight is not None and settings is not None and not split.multirun \
@@ -364,4 +377,17 @@ def standard_main(*, prog: str, description: str, config_name: str, groups: Sequ
         overrides = with_repeat_sweep(overrides, settings)
     if detected is not None and "--cfg" not in split.flags and "-c" not in split.flags:
         ezlog.get_logger("ezpz.cli").info("machine=auto resolved to %s", detected)
-    return run_hydra(config_name, guard(task), split.flags + overrides, prog)
+    return run_hydra(config_name, guard(task), hydra_argv(split.flags, overrides), prog)
+
+
+def hydra_argv(flags: Sequence[str], overrides: Sequence[str]) -> list[str]:
+    """Hydra's command line: the overrides first, then the flags, so that a flag with an
+    optional value (``--info``) never takes an override for its value."""
+    return [*overrides, *flags]
+
+
+def version_line(prog: str) -> str:
+    """What ``--version`` prints: the command, ezpz's version and its distribution name."""
+    from .. import DIST_NAME, __version__
+
+    return f"{prog} {__version__} ({DIST_NAME})"
