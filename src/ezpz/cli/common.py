@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import os
+import secrets
 import sys
 import traceback
 from collections.abc import Callable, Sequence
@@ -176,6 +177,33 @@ def _choice_kind(exc: BaseException) -> type[Choice] | None:
     return None
 
 
+# --------------------------------------------------------------------------------------
+# the run id
+# --------------------------------------------------------------------------------------
+_run_id: dict[str, str] = {}
+
+
+def new_run_id() -> str:
+    """A short random id (8 hex digits) for one run of a command."""
+    return secrets.token_hex(4)
+
+
+def current_run_id() -> str:
+    """This run's id: the last part of its run directory (``hydra.run.dir`` ends with
+    ``<time>-<id>``, so two runs started in the same second never share a directory) and what
+    ``ezpz-yeet-env`` writes into the worker's spec and gives the worker as ``--run-id``."""
+    if "id" not in _run_id:
+        _run_id["id"] = new_run_id()
+    return _run_id["id"]
+
+
+def register_run_id_resolver() -> None:
+    """``${ezpz_run_id:}`` in the config tree: the current run's id."""
+    from omegaconf import OmegaConf
+
+    OmegaConf.register_new_resolver("ezpz_run_id", current_run_id, replace=True)
+
+
 def compose(config_name: str, overrides: Sequence[str] = ()) -> Any:
     """Compose a config without running anything (tests and pre-validation)."""
     from hydra import compose as hydra_compose
@@ -185,6 +213,7 @@ def compose(config_name: str, overrides: Sequence[str] = ()) -> Any:
     from ..config import register_configs
 
     register_configs()
+    register_run_id_resolver()
     GlobalHydra.instance().clear()
     with initialize_config_module(config_module=CONFIG_MODULE, version_base=None):
         return hydra_compose(config_name=config_name, overrides=list(overrides))
@@ -309,6 +338,7 @@ def run_hydra(config_name: str, task: Callable[[Any], int | None], argv: list[st
     from ..config import register_configs
 
     register_configs()
+    register_run_id_resolver()
     holder: dict[str, int] = {"rc": 0}
 
     @hydra.main(config_path=f"pkg://{CONFIG_MODULE}", config_name=config_name, version_base=None)
@@ -347,6 +377,7 @@ def standard_main(*, prog: str, description: str, config_name: str, groups: Sequ
     Hydra runs ``task``. ``adjust`` may add overrides once the machine is known (e.g. its
     default launcher); ``config_in_help``: --help also prints the composed config."""
     args = list(sys.argv[1:] if argv is None else argv)
+    _run_id["id"] = new_run_id()  # every run of a command its own (tests run several)
     split = split_argv(args)
     if "--version" in split.flags:
         print(version_line(prog))
