@@ -179,7 +179,8 @@ def test_the_delivery_launcher_takes_the_spares_and_never_reruns_the_job():
     assert delivery_launcher(s.launcher).nhosts is None  # every host, spares included
 
 
-def _fake_host_args(tmp_path: Path, hosts: list[str]) -> tuple[list[str], dict[str, str], Path]:
+def _fake_host_args(tmp_path: Path, hosts: list[str], unblock: bool = True
+                    ) -> tuple[list[str], dict[str, str], Path]:
     hf = tmp_path / "nodefile"
     hf.write_text("".join(f"{h}\n" for h in hosts))
     root = tmp_path / "root"
@@ -189,7 +190,7 @@ def _fake_host_args(tmp_path: Path, hosts: list[str]) -> tuple[list[str], dict[s
     args = [f"launcher.hostfile={hf}",
             f"launcher.extra_args=['-launcher','ssh','-launcher-exec','{FAKESSH}']",
             f"launcher.wrap=[{hydra_quote(simnodes.SIMNODE)}]", "transfer.timeout=120"]
-    env = simnodes.sim_env(out, run_in_node=[UNBLOCK], shared_root=str(root),
+    env = simnodes.sim_env(out, run_in_node=[UNBLOCK] if unblock else [], shared_root=str(root),
                            base=_env(EZPZ_FAKESSH_LOG=str(tmp_path / "ssh.log"),
                                      EZPZ_SIM_KEEP_HOSTNAME="1"))
     return args, env, root
@@ -245,3 +246,97 @@ def test_spares_receive_the_environment_too(simnodes_ok, tmp_path):
         assert (root / host / "venv" / "ok.txt").read_text() == "ok\n", host
     spec = json.loads((_run_dir(tmp_path) / "worker-spec.json").read_text())
     assert spec["min_success_nodes"] == 2  # the job's own hosts must hold it
+
+
+# --------------------------------------------------------------------------------------
+# ezpz-launch transfer.src=... -- cmd
+# --------------------------------------------------------------------------------------
+def test_the_node_local_environment_comes_first():
+    from ezpz.deliver import delivered_command, node_local_env
+
+    assert node_local_env("/tmp/e", "venv", {"PATH": "/usr/bin:/bin"}) == {
+        "PATH": "/tmp/e/bin:/usr/bin:/bin", "VIRTUAL_ENV": "/tmp/e"}
+    assert node_local_env("/tmp/c", "conda", {}) == {
+        "PATH": "/tmp/c/bin", "CONDA_PREFIX": "/tmp/c", "CONDA_DEFAULT_ENV": "/tmp/c"}
+    for name in ("python", "python3", "python3.11"):
+        assert delivered_command([name, "train.py"], "/tmp/e") == [f"/tmp/e/bin/{name}",
+                                                                   "train.py"]
+    # a path, or another program, is left as given (PATH finds programs of the env)
+    for cmd in (["/usr/bin/python3", "x.py"], ["./python", "x"], ["torchrun", "x.py"],
+                ["pythonista"]):
+        assert delivered_command(cmd, "/tmp/e") == cmd
+
+
+PROBE = ("import json, os, socket, sys; print(json.dumps({'host': socket.gethostname(), "
+         "'exe': sys.executable, 'prefix': sys.prefix, 've': os.environ.get('VIRTUAL_ENV'), "
+         "'path0': os.environ['PATH'].split(os.pathsep)[0]}))")
+
+
+@pytest.fixture(scope="module")
+def venv_archive(tmp_path_factory) -> Path:
+    from ezpz.pack import pack
+
+    root = tmp_path_factory.mktemp("launch-env")
+    subprocess.run([PY, "-m", "venv", "--without-pip", str(root / "venv")], check=True)
+    return Path(pack(prefix=str(root / "venv"), path=str(root / "venv.tar.zst")))
+
+
+@pytest.mark.simnodes
+def test_one_line_launch_delivers_then_runs_on_ready_nodes_with_a_spare(simnodes_ok, tmp_path,
+                                                                        venv_archive):
+    """nodeB cannot take the environment (retries=0): the spare nodeC holds it, so the job
+    runs on nodeA and nodeC, each rank with the delivered interpreter first."""
+    args, env, root = _fake_host_args(tmp_path, ["nodeA", "nodeB", "nodeC"], unblock=False)
+    (root / "nodeB").mkdir()
+    (root / "nodeB" / "venv").write_text("in the way")
+    p = subprocess.run([PY, "-m", "ezpz.cli.launch", "machine=local",
+                        f"transfer.src={venv_archive}", "transfer.retries=0",
+                        "launcher.spares=1", *args, "--", "python", "-c", PROBE],
+                       cwd=tmp_path, capture_output=True, text=True, env=env, timeout=240)
+    assert p.returncode == 0, p.stdout + p.stderr
+    ranks = sorted((json.loads(line) for line in p.stdout.splitlines()
+                    if line.startswith("{")), key=lambda r: r["host"])
+    assert [r["host"] for r in ranks] == ["nodeA", "nodeC"], p.stdout + p.stderr
+    for r in ranks:
+        assert (r["exe"], r["prefix"], r["ve"], r["path0"]) == (
+            "/tmp/venv/bin/python", "/tmp/venv", "/tmp/venv", "/tmp/venv/bin"), r
+    assert "the job runs on nodeA, nodeC (nodeB replaced by spares that hold the " \
+           "environment)" in p.stderr
+    (run,) = tmp_path.glob("outputs/launch/*/*")
+    results = json.loads((run / "delivery" / "results.json").read_text())
+    assert results["status"] == "partial" and results["failed_hosts"] == ["nodeB"]
+
+
+@pytest.mark.simnodes
+def test_one_line_launch_stops_when_the_delivery_fails(simnodes_ok, tmp_path, venv_archive):
+    args, env, root = _fake_host_args(tmp_path, ["nodeA", "nodeB"], unblock=False)
+    (root / "nodeB").mkdir()
+    (root / "nodeB" / "venv").write_text("in the way")
+    marker = tmp_path / "ran"
+    p = subprocess.run([PY, "-m", "ezpz.cli.launch", "machine=local",
+                        f"transfer.src={venv_archive}", *args, "--", "python", "-c",
+                        f"open({str(marker)!r}, 'w')"],
+                       cwd=tmp_path, capture_output=True, text=True, env=env, timeout=240)
+    assert p.returncode == 1, p.stderr
+    assert "not starting the command" in p.stderr and not marker.exists()
+    ssh = (tmp_path / "ssh.log").read_text().split()
+    assert sorted(ssh) == ["nodeA", "nodeB", "nodeB"], ssh  # delivered, retried on nodeB only
+
+
+@pytest.mark.parametrize("args, message", [
+    (["transfer.src=/no/such/env.tar.zst"], "error: transfer.src: '/no/such/env.tar.zst' "
+                                            "does not exist"),
+    (["transfer.src=ARCHIVE", "transfer.retries=-1"],
+     "error: transfer.retries: must be 0 or more, got -1"),
+    (["transfer.src=ARCHIVE", "launcher=torchrun", "transfer.backend=mpi"],
+     "error: transfer.backend=mpi cannot be used with launcher=torchrun"),
+])
+def test_one_line_launch_refuses_bad_input_before_anything_runs(tmp_path, args, message):
+    archive = small_tar(tmp_path / "venv.tar")
+    args = [a.replace("ARCHIVE", str(archive)) for a in args]
+    p = subprocess.run([PY, "-m", "ezpz.cli.launch", "machine=local", *args, "--", "hostname"],
+                       cwd=tmp_path, capture_output=True, text=True, env=_env(), timeout=120)
+    assert p.returncode == 2, p.stderr
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(message), p.stderr
+    assert not (tmp_path / "outputs").exists()

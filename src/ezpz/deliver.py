@@ -17,12 +17,16 @@ Everything here takes the schema dataclasses; no Hydra, no OmegaConf.
 from __future__ import annotations
 
 import json
+import os
+import re
 import sys
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from .config import Backend, LauncherConfig, MachineConfig, Status, TarEnvConfig, TransferConfig
+from .envkind import EnvKind, detect_kind
 from .errors import EXIT_FAILURE, ConfigError
 from .fsutil import write_json_atomic
 from .jobenv import resolve_backend
@@ -56,6 +60,9 @@ class Delivery:
     launcher_rc: int = 0
     #: The plan of the first attempt (its ``hosts`` and ``spares``).
     plan: LaunchPlan | None = None
+    #: What the archive holds (venv, conda, data) as its manifest or the packed directory
+    #: says; None when unknown.
+    archive_kind: str | None = None
 
     @property
     def dst(self) -> str | None:
@@ -63,7 +70,7 @@ class Delivery:
 
     @property
     def kind(self) -> str | None:
-        kind = (self.results or {}).get("kind")
+        kind = (self.results or {}).get("kind") or self.archive_kind
         return str(kind) if kind else None
 
 
@@ -229,6 +236,7 @@ def deliver(machine: MachineConfig, launcher: LauncherConfig, transfer: Transfer
     if to_pack is not None:
         archive = _pack(tar_env or TarEnvConfig(), to_pack, transfer.src is not None, dry_run)
     assert archive is not None
+    kind = str(detect_kind(to_pack)) if to_pack is not None else _manifest_kind(archive)
     spec = replace(spec_for(transfer, machine=machine, launcher=launcher.name,
                             src=str(archive)), run_id=run_id)
     if launcher.spares:
@@ -242,7 +250,7 @@ def deliver(machine: MachineConfig, launcher: LauncherConfig, transfer: Transfer
     rc = run_plan(plan, dry_run=dry_run)
     out = Delivery(run_dir=run_dir, spec=spec, archive=archive, status="dry-run" if dry_run
                    else Status.failed.value, exit_code=rc, hosts=list(plan.hosts),
-                   launcher_rc=rc, plan=plan)
+                   launcher_rc=rc, plan=plan, archive_kind=kind)
     if dry_run:
         return out
     results = read_results(run_dir)
@@ -286,6 +294,97 @@ def deliver(machine: MachineConfig, launcher: LauncherConfig, transfer: Transfer
     return out
 
 
+def _manifest_kind(archive: Path) -> str | None:
+    from .errors import ArchiveError
+    from .formats.manifest import read_manifest
+
+    try:
+        manifest = read_manifest(archive)
+    except (ArchiveError, OSError):
+        return None
+    return manifest.kind if manifest else None
+
+
+# --------------------------------------------------------------------------------------
+# running a command with the delivered environment
+# --------------------------------------------------------------------------------------
+_PYTHON_NAME = re.compile(r"python(\d+(\.\d+)?)?")
+
+
+def node_local_env(dst: str, kind: str | None,
+                   environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The variables that put the delivered environment first on a rank: ``dst/bin`` in front
+    of PATH, and VIRTUAL_ENV (a venv) or CONDA_PREFIX / CONDA_DEFAULT_ENV (a conda env)."""
+    env = os.environ if environ is None else environ
+    path = env.get("PATH")
+    out = {"PATH": f"{dst}/bin" + (f"{os.pathsep}{path}" if path else "")}
+    if kind == EnvKind.conda:
+        out.update({"CONDA_PREFIX": dst, "CONDA_DEFAULT_ENV": dst})
+    else:
+        out["VIRTUAL_ENV"] = dst
+    return out
+
+
+def delivered_command(cmd: Sequence[str], dst: str) -> list[str]:
+    """``python``/``python3``/``python3.11`` as the command (a bare name) become the delivered
+    interpreter; anything else is left as given (it is looked up on the ranks' PATH, where
+    the delivered ``bin`` comes first)."""
+    out = [str(c) for c in cmd]
+    if out and _PYTHON_NAME.fullmatch(out[0]):
+        out[0] = f"{dst}/bin/{out[0]}"
+    return out
+
+
+def use_delivery(plan: LaunchPlan, delivery: Delivery) -> LaunchPlan:
+    """``plan`` (the job's) moved onto the hosts that hold the environment and set up to run
+    with it: a job host where the delivery failed is replaced by a spare that holds it
+    (:func:`ezpz.launch.failover_plan`), a spare without it is dropped, and every rank gets
+    the node-local environment first (PATH, VIRTUAL_ENV / CONDA_PREFIX, the interpreter).
+    Raises TransferError when a job host is left without the environment."""
+    from .errors import TransferError
+    from .launch import failover_plan
+
+    dst = delivery.dst
+    assert dst is not None
+    failed = set(delivery.failed_hosts)
+    if failed:
+        plan.spares = [h for h in plan.spares if h not in failed]
+        bad = [h for h in plan.hosts if h in failed]
+        if bad:
+            if len(bad) > len(plan.spares):
+                raise TransferError(
+                    f"{len(bad)} of the job's hosts do not hold {dst} ({', '.join(bad)}) and "
+                    f"{len(plan.spares) or 'no'} spare{'s' if len(plan.spares) != 1 else ''} "
+                    "that do: see the delivery's results.json; launcher.spares=N holds "
+                    "hosts back to take their place")
+            plan = failover_plan(plan, bad)
+            log.warning("the job runs on %s (%s replaced by spares that hold the environment)",
+                        ", ".join(plan.hosts), ", ".join(bad))
+    kind = delivery.kind
+    if kind in (EnvKind.venv, EnvKind.conda):
+        plan.env.update(node_local_env(dst, kind))
+        if plan.request is not None:
+            cmd = delivered_command(plan.request.cmd, dst)
+            if tuple(cmd) != plan.request.cmd:
+                plan = _with_command(plan, cmd)
+        log.info("every rank runs with %s first (%s)", dst, "conda env" if kind == EnvKind.conda
+                 else "venv")
+    else:
+        log.warning("%s is not a venv or conda environment (%s): the command runs as given",
+                    delivery.archive, kind or "unknown")
+    return plan
+
+
+def _with_command(plan: LaunchPlan, cmd: list[str]) -> LaunchPlan:
+    assert plan.request is not None
+    request = replace(plan.request, cmd=tuple(cmd))
+    new = build_plan(request, plan.hostlist, plan.topology, plan.hosts, spares=plan.spares,
+                     excluded=plan.excluded, attempt=plan.attempt)
+    new.replaced = dict(plan.replaced)
+    new.env.update({k: v for k, v in plan.env.items() if k not in new.env})
+    return new
+
+
 def _needs_retry(results: dict[str, Any] | None, rc: int) -> bool:
     if results is None:
         return True
@@ -300,5 +399,5 @@ def _attempt_record(n: int, hosts: list[str], rc: int, results: dict[str, Any] |
             "run_dir": where}
 
 
-__all__ = ["Delivery", "check_src", "deliver", "delivery_launcher", "read_results",
-           "worker_argv"]
+__all__ = ["Delivery", "check_src", "deliver", "delivered_command", "delivery_launcher",
+           "node_local_env", "read_results", "use_delivery", "worker_argv"]
