@@ -14,6 +14,7 @@ EXAMPLES = (
     "ezpz-tar-env env.prefix=/lus/proj/envs/myenv archive.codec=zstd archive.level=5",
     "ezpz-tar-env archive.path=/lus/proj/envs/myenv.tar.zst overwrite=true",
     "ezpz-tar-env 'exclude=[**/__pycache__]' archive.codec=gzip",
+    "ezpz-tar-env env.include_system_site=true   (a --system-site-packages venv, base included)",
 )
 
 
@@ -26,9 +27,22 @@ def task(cfg: Any) -> int:
     return 0
 
 
+def preflight(settings: Any) -> None:
+    """What refuses to pack (a missing env.prefix, editable installs without
+    env.allow_editable=true) is found before Hydra makes a run directory."""
+    from ..envkind import detect_kind
+    from ..pack.outside import inspect, refuse_editables
+    from ..pack.packer import resolve_prefix
+
+    prefix = resolve_prefix(settings.env.prefix)
+    refuse_editables(inspect(prefix, str(detect_kind(prefix)), None, system_site=False),
+                     settings.env)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     return standard_main(prog="ezpz-tar-env", description=DESCRIPTION, config_name="tar_env",
-                         groups=(), task=task, argv=argv, examples=EXAMPLES, detect=False)
+                         groups=(), task=task, argv=argv, examples=EXAMPLES, detect=False,
+                         preflight=preflight)
 
 
 if __name__ == "__main__":
