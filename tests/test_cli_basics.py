@@ -19,6 +19,7 @@ COMMANDS = {
     "ezpz-yeet-env": "ezpz.cli.yeet_env",
     "ezpz-launch": "ezpz.cli.launch",
     "ezpz-report": "ezpz.cli.report",
+    "ezpz-doctor": "ezpz.cli.doctor",
     "python -m ezpz.transfer": "ezpz.transfer",
 }
 
@@ -38,7 +39,8 @@ def test_the_version_is_this_distributions():
     # the distribution really is this package: its files hold ezpz/__init__.py (an editable
     # install lists its finder instead), and its scripts are ezpz's commands
     scripts = {ep.name for ep in dist.entry_points if ep.group == "console_scripts"}
-    assert {"ezpz-tar-env", "ezpz-yeet-env", "ezpz-launch", "ezpz-report"} <= scripts
+    assert {"ezpz-tar-env", "ezpz-yeet-env", "ezpz-launch", "ezpz-report",
+            "ezpz-doctor"} <= scripts
 
 
 @pytest.mark.parametrize("prog", sorted(COMMANDS))

@@ -43,9 +43,12 @@ def read_member(archive: Path, name: str) -> str:
 # --------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def editable_venv(tmp_path_factory) -> tuple[Path, Path]:
+    return make_editable_venv(tmp_path_factory.mktemp("editable"))
+
+
+def make_editable_venv(root: Path) -> tuple[Path, Path]:
     """A venv with a real ``pip install -e`` of a tiny local project (no index, no build
     isolation: pip and setuptools come from this venv through a path file removed after)."""
-    root = tmp_path_factory.mktemp("editable")
     proj = root / "src" / "tinyproj"
     (proj / "tinyproj").mkdir(parents=True)
     (proj / "tinyproj" / "__init__.py").write_text("WHERE = __file__\n")

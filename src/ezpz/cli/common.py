@@ -331,7 +331,7 @@ def guard(func: Callable[..., int | None]) -> Callable[..., int]:
 
 
 def run_hydra(config_name: str, task: Callable[[Any], int | None], argv: list[str],
-              prog: str) -> int:
+              prog: str, log_file: bool = True) -> int:
     """Run ``task(cfg)`` as a Hydra app on ``argv`` (overrides already validated)."""
     import hydra
 
@@ -346,7 +346,8 @@ def run_hydra(config_name: str, task: Callable[[Any], int | None], argv: list[st
         from hydra.core.hydra_config import HydraConfig
 
         out_dir = HydraConfig.get().runtime.output_dir
-        ezlog.setup_logging(logfile=os.path.join(out_dir, f"{prog}.log") if out_dir else None)
+        ezlog.setup_logging(logfile=os.path.join(out_dir, f"{prog}.log")
+                            if out_dir and log_file else None)
         rc = task(cfg)
         holder["rc"] = max(holder["rc"], int(rc or 0))
 
@@ -370,12 +371,14 @@ def standard_main(*, prog: str, description: str, config_name: str, groups: Sequ
                   examples: Sequence[str] = (), detect: bool = True,
                   config_in_help: bool = True,
                   preflight: Callable[[Any], None] | None = None,
-                  adjust: Callable[[list[str]], list[str]] | None = None) -> int:
+                  adjust: Callable[[list[str]], list[str]] | None = None,
+                  log_file: bool = True) -> int:
     """The shared shape of every ezpz CLI: argv → one composition checked and converted to
     the schema dataclasses (a bad value: one line, exit 2, no run directory) → ``preflight``
     on those settings for a single run (the app's own checks before anything is written) →
     Hydra runs ``task``. ``adjust`` may add overrides once the machine is known (e.g. its
-    default launcher); ``config_in_help``: --help also prints the composed config."""
+    default launcher); ``config_in_help``: --help also prints the composed config;
+    ``log_file``: the log is also written to ``<run dir>/<prog>.log``."""
     args = list(sys.argv[1:] if argv is None else argv)
     _run_id["id"] = new_run_id()  # every run of a command its own (tests run several)
     split = split_argv(args)
@@ -394,7 +397,7 @@ def standard_main(*, prog: str, description: str, config_name: str, groups: Sequ
         return 0
     if "--hydra-help" in split.flags or "-sc" in split.flags \
             or "--shell-completion" in split.flags:
-        return run_hydra(config_name, task, hydra_argv(split.flags, overrides), prog)
+        return run_hydra(config_name, task, hydra_argv(split.flags, overrides), prog, log_file)
     try:
         settings = validate_overrides(config_name, overrides, split.multirun)
         if preflight is not None and settings is not None and not split.multirun \
@@ -408,7 +411,8 @@ def standard_main(*, prog: str, description: str, config_name: str, groups: Sequ
         overrides = with_repeat_sweep(overrides, settings)
     if detected is not None and "--cfg" not in split.flags and "-c" not in split.flags:
         ezlog.get_logger("ezpz.cli").info("machine=auto resolved to %s", detected)
-    return run_hydra(config_name, guard(task), hydra_argv(split.flags, overrides), prog)
+    return run_hydra(config_name, guard(task), hydra_argv(split.flags, overrides), prog,
+                     log_file)
 
 
 def hydra_argv(flags: Sequence[str], overrides: Sequence[str]) -> list[str]:
