@@ -74,8 +74,12 @@ def make_figure(summary: Summary, title: str = "ezpz transfer sweep") -> Any:
     for name, pts in series.items():
         good = [p for p in pts if p.mb_s is not None]
         xs = [xpos[p.values[key]] if key else 0.0 for p in good]
-        ys = [p.mb_s for p in good]
-        err = [[p.mb_s - p.mb_s_min for p in good], [p.mb_s_max - p.mb_s for p in good]]
+        ys = [p.mb_s or 0.0 for p in good]
+        lows = [(p.mb_s or 0.0) - (p.mb_s_min if p.mb_s_min is not None else p.mb_s or 0.0)
+                for p in good]
+        highs = [(p.mb_s_max if p.mb_s_max is not None else p.mb_s or 0.0) - (p.mb_s or 0.0)
+                 for p in good]
+        err = [lows, highs]
         if good:
             ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, linewidth=1.6,
                         label=name or "median (bars: min–max over repeats)")
