@@ -340,3 +340,30 @@ def test_one_line_launch_refuses_bad_input_before_anything_runs(tmp_path, args, 
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(message), p.stderr
     assert not (tmp_path / "outputs").exists()
+
+
+def test_a_delivery_stopped_by_a_signal_is_not_retried(tmp_path):
+    """SIGTERM to ezpz-yeet-env (a qdel, a preemption) while its workers run: the delivery
+    ends with 128 + SIGTERM and no second attempt starts."""
+    import signal
+    import time
+
+    src = small_tar(tmp_path / "venv.tar")
+    nodes = tmp_path / "nodes"
+    nodes.write_text("localhost\n127.0.0.1\n")
+    # every rank waits (sh -c 'sleep 60' ignores the worker's command after it)
+    wrap = "launcher.wrap=['sh','-c','sleep 60','hold']"
+    proc = subprocess.Popen([PY, "-m", "ezpz.cli.yeet_env", "machine=local",
+                             f"launcher.hostfile={nodes}", f"transfer.src={src}", wrap,
+                             "launcher.grace=5"], cwd=tmp_path, env=_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not list(tmp_path.glob("outputs/yeet/*/*/*.json")):
+        time.sleep(0.1)
+    time.sleep(1.0)  # the launcher has started mpiexec
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "the delivery was stopped by SIGTERM: not retrying" in err
+    assert "delivery attempt 2" not in err
+    assert not list(_run_dir(tmp_path).glob("delivery-*"))

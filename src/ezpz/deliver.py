@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -259,6 +260,10 @@ def deliver(machine: MachineConfig, launcher: LauncherConfig, transfer: Transfer
     for n in range(2, transfer.retries + 2):
         if not failed:
             break
+        if rc in _STOPPED:  # Ctrl-C, SIGTERM (qdel, preemption), SIGHUP: never retried
+            log.warning("the delivery was stopped by %s: not retrying",
+                        signal.Signals(rc - 128).name)
+            break
         sub = run_dir / f"delivery-{n}"
         sub.mkdir(parents=True, exist_ok=True)
         retry = _retry_plan(plan, failed, sub, worker_argv(spec_file, sub, run_id))
@@ -383,6 +388,10 @@ def _with_command(plan: LaunchPlan, cmd: list[str]) -> LaunchPlan:
     new.replaced = dict(plan.replaced)
     new.env.update({k: v for k, v in plan.env.items() if k not in new.env})
     return new
+
+
+#: Exit codes of a delivery stopped by a signal to the launcher.
+_STOPPED = {128 + signal.SIGINT, 128 + signal.SIGTERM, 128 + signal.SIGHUP}
 
 
 def _needs_retry(results: dict[str, Any] | None, rc: int) -> bool:
