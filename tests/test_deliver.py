@@ -367,3 +367,25 @@ def test_a_delivery_stopped_by_a_signal_is_not_retried(tmp_path):
     assert "the delivery was stopped by SIGTERM: not retrying" in err
     assert "delivery attempt 2" not in err
     assert not list(_run_dir(tmp_path).glob("delivery-*"))
+
+
+@pytest.mark.simnodes
+def test_one_line_launch_without_a_ready_spare_does_not_start(simnodes_ok, tmp_path,
+                                                              venv_archive):
+    """A partial delivery the user allowed (min_success_nodes=1) leaves nodeB without the
+    environment and there is no spare: the command is not started, in one line."""
+    args, env, root = _fake_host_args(tmp_path, ["nodeA", "nodeB"], unblock=False)
+    (root / "nodeB").mkdir()
+    (root / "nodeB" / "venv").write_text("in the way")
+    marker = tmp_path / "ran"
+    p = subprocess.run([PY, "-m", "ezpz.cli.launch", "machine=local",
+                        f"transfer.src={venv_archive}", "transfer.retries=0",
+                        "transfer.min_success_nodes=1", *args, "--", "python", "-c",
+                        f"open({str(marker)!r}, 'w')"],
+                       cwd=tmp_path, capture_output=True, text=True, env=env, timeout=240)
+    assert p.returncode == 1, p.stderr
+    assert p.stderr.strip().splitlines()[-1] == (
+        "error: /tmp/venv is missing on 1 of the job's 2 hosts (nodeB) and no spare holds it: "
+        "see the delivery's results.json; launcher.spares=N holds hosts back to take their "
+        "place")
+    assert not marker.exists()

@@ -357,11 +357,13 @@ def use_delivery(plan: LaunchPlan, delivery: Delivery) -> LaunchPlan:
         bad = [h for h in plan.hosts if h in failed]
         if bad:
             if len(bad) > len(plan.spares):
+                n = len(plan.spares)
+                spares = ("no spare holds it" if not n else
+                          f"only {n} spare{'s' if n > 1 else ''} hold{'' if n > 1 else 's'} it")
                 raise TransferError(
-                    f"{len(bad)} of the job's hosts do not hold {dst} ({', '.join(bad)}) and "
-                    f"{len(plan.spares) or 'no'} spare{'s' if len(plan.spares) != 1 else ''} "
-                    "that do: see the delivery's results.json; launcher.spares=N holds "
-                    "hosts back to take their place")
+                    f"{dst} is missing on {len(bad)} of the job's {len(plan.hosts)} hosts "
+                    f"({', '.join(bad)}) and {spares}: see the delivery's results.json; "
+                    "launcher.spares=N holds hosts back to take their place")
             plan = failover_plan(plan, bad)
             log.warning("the job runs on %s (%s replaced by spares that hold the environment)",
                         ", ".join(plan.hosts), ", ".join(bad))
