@@ -209,7 +209,7 @@ def test_a_node_that_failed_is_delivered_again_alone(simnodes_ok, tmp_path, retr
     results = json.loads((_run_dir(tmp_path) / "results.json").read_text())
     if retries == 0:
         assert p.returncode == 1, p.stderr
-        assert ssh == ["nodeA", "nodeB"] and "delivery attempt 2" not in p.stderr
+        assert sorted(ssh) == ["nodeA", "nodeB"] and "delivery attempt 2" not in p.stderr
         assert results["failed_hosts"] == ["nodeB"] and results["status"] == "failed"
         assert (root / "nodeA" / "venv" / "ok.txt").read_text() == "ok\n"
         assert not (root / "nodeB" / "venv").exists()  # the check removed the blocker
