@@ -189,7 +189,8 @@ def _fake_host_args(tmp_path: Path, hosts: list[str], unblock: bool = True
     out.mkdir()
     args = [f"launcher.hostfile={hf}",
             f"launcher.extra_args=['-launcher','ssh','-launcher-exec','{FAKESSH}']",
-            f"launcher.wrap=[{hydra_quote(simnodes.SIMNODE)}]", "transfer.timeout=120"]
+            f"launcher.wrap=[{hydra_quote(simnodes.SIMNODE)}]", "transfer.timeout=120",
+            "transfer.dst=/tmp/venv"]
     env = simnodes.sim_env(out, run_in_node=[UNBLOCK] if unblock else [], shared_root=str(root),
                            base=_env(EZPZ_FAKESSH_LOG=str(tmp_path / "ssh.log"),
                                      EZPZ_SIM_KEEP_HOSTNAME="1"))

@@ -190,10 +190,10 @@ def test_a_node_whose_tmp_cannot_take_the_archive(run_nodes, clean, big_archive,
     line = lines(subprocess.CompletedProcess([], 0, node.output, ""))["tmp"]
     if ok:
         assert node.rc == 0, node.output
-        assert re.match(r"ok  \S+ MiB free at /tmp for /tmp/bigenv; bigenv.tar.zst unpacks to "
+        assert re.match(r"ok  \S+ MiB free at /tmp for /tmp/ezpz-\S+/bigenv; bigenv.tar.zst unpacks to "
                         r"3.0 MiB$", line), line
         return
     assert node.rc == 1, node.output
-    assert re.match(r"FAIL  \S+ [KM]iB free at /tmp for /tmp/bigenv; bigenv.tar.zst unpacks to "
+    assert re.match(r"FAIL  \S+ [KM]iB free at /tmp for /tmp/ezpz-\S+/bigenv; bigenv.tar.zst unpacks to "
                     r"3.0 MiB: free space there or choose transfer.dst on a larger node-local "
                     r"disk$", line), line

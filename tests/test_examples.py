@@ -79,12 +79,15 @@ def test_the_slurm_job_script_runs_with_sbatch(slurm_cluster, simnodes_ok, probe
     assert p.returncode == 0, slurm_cluster.explain(p) + text
     ranks = sorted((json.loads(line) for line in text.splitlines()
                     if line.startswith("{") and line.endswith("}")), key=lambda r: r["host"])
-    dst = "/tmp/exampleenv"
+    from ezpz.ownership import user_name
+
+    dst = f"/tmp/ezpz-{user_name()}/exampleenv"  # the per-user default
     assert [r["host"] for r in ranks] == ["sim1", "sim2"], text
     for r in ranks:
         assert (r["executable"], r["prefix"], r["virtual_env"]) == (f"{dst}/bin/python", dst,
                                                                      dst), text
     # the environment was delivered into each node's own /tmp
     for node in ("sim1", "sim2"):
-        assert (nodes_root / node / "exampleenv" / "pyvenv.cfg").is_file(), node
+        assert (nodes_root / node / f"ezpz-{user_name()}" / "exampleenv" / "pyvenv.cfg"
+                ).is_file(), node
     assert "transfer ok" in text
