@@ -1,8 +1,9 @@
 """Scale model of the transfer: stage rates measured here + published machine parameters.
 
-    python benchmarks/scale_model.py                  # measure, validate on 1/2/4/8 simulated nodes, model
-    python benchmarks/scale_model.py --no-validate    # measure and model only
-    python benchmarks/scale_model.py --model-only     # the model tables alone (rates cached by the last run)
+    python benchmarks/scale_model.py                # measure, validate on 1/2/4/8 nodes, model
+    python benchmarks/scale_model.py --no-validate  # measure and model only
+    python benchmarks/scale_model.py --model-only   # the tables alone (the last run's rates)
+    python benchmarks/scale_model.py --gate-check 64   # also: 64 nodes, MPICH's rings vs trees
     python benchmarks/scale_model.py --archive-bytes 20GB --files 300000 --codec gzip
 
 What it measures HERE (none of it depends on the network): reading the archive (page cache
@@ -11,8 +12,8 @@ and cold-ish), xxh3 hashing, decoding (zstd, gzip) and the checked extraction in
 (control block and a 16 MiB chunk broadcast between 2 simulated nodes under the MPICH wheel's
 mpiexec), how long a rank waits between polls inside a collective, and start-up (bare
 interpreter, ``python -m ezpz.transfer --help``, MPI initialisation at 1/2/4 ranks, the whole
-worker on a 1-file archive). How many CPU seconds per second this shared 2-core machine really
-delivers to 1, 2 and 4 concurrent extractions is measured too: simulated nodes share its cores.
+worker on a 1-file archive, the modules it imports). How many single-node speeds this shared
+2-core machine really delivers to 1, 2, 4 and 8 simulated nodes at once is measured too.
 
 The model (for each machine in MACHINES, nodes 8 .. 8192): start-up + max(broadcast of the
 archive, slowest node's read/decode/extract) + tail for the decoupled design, and the lockstep
@@ -29,8 +30,10 @@ the "as today" column prices it, the design columns assume collectives progresse
 Validation: the real transfer (``python -m ezpz.transfer`` under the MPICH wheel's mpiexec,
 one simulated node per rank as in bench_transfer.py) of the small payload (``--validate-payload
 big`` for the big one) on 1, 2, 4, 8 nodes, predicted (this machine's parameters, the worker as
-it is today, rates measured on the big payload) beside measured. This machine is shared: the
-load average is printed before and after, and each node count is the median of alternating runs.
+it is today, rates measured on the big payload) beside measured. This machine is shared, and
+other users' load changes from minute to minute: what n simulated nodes get of it is measured
+again just before every run, the load average is printed before and after, and each node count
+is the median of alternating runs.
 
 The last line is the prediction for the given archive (default 5 GB zstd, 100,000 files) to
 4,096 Aurora nodes with the decoupled design.
@@ -40,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import os
 import resource
@@ -67,7 +71,7 @@ import simnodes  # noqa: E402
 # ezpz's public names used by this script, in one place (the package is being restructured:
 # when a name moves, only these lines change)
 # --------------------------------------------------------------------------------------
-from ezpz.comm import make_comm  # noqa: E402
+from ezpz.comm import OBJ_SLOT, make_comm  # noqa: E402
 from ezpz.config import TransferConfig, parse_size  # noqa: E402
 from ezpz.extract import READ_SIZE, extract_file, open_decoder  # noqa: E402
 from ezpz.relocate import relocate  # noqa: E402
@@ -77,7 +81,7 @@ PY = sys.executable
 DEFAULTS = TransferConfig()
 CHUNK = DEFAULTS.chunk_bytes  # 16 MiB
 DEPTH = DEFAULTS.depth  # 4
-OBJ_BYTES = 8192  # one node's slot in the worker's status allgathers (ezpz.comm.OBJ_SLOT)
+OBJ_BYTES = OBJ_SLOT  # one node's slot in the worker's status allgathers
 RATES_CACHE = payload.CACHE / "scale-model-rates.json"
 SHM = "/dev/shm"  # a tmpfs, like a compute node's /tmp on Aurora
 # force the ring algorithms (MPICH CVARs) to time one algorithm step of each collective
@@ -116,8 +120,8 @@ SS11_ALPHA = 2.8e-6
 SS11_BW = 23e9
 #   https://docs.alcf.anl.gov/aurora/data-management/daos/daos-overview/ ("NIC and Core
 #   Binding"): "Each Aurora compute node has 8 NICs ... Each NIC is capable of driving
-#   20-25 GB/s unidirectional". One process per node drives one NIC (Copper's paper says the
-#   same of its one process per node, see IMPORT_STORM), so one NIC is what a rank gets.
+#   20-25 GB/s unidirectional". A process drives one NIC (Copper's paper, see IMPORT_STORM:
+#   "Copper utilizes a single NIC per node"), so one NIC is what the node's one rank gets.
 SS11_NIC = 25e9
 
 MACHINES = {
@@ -125,8 +129,8 @@ MACHINES = {
     #   10,624 node HPE Cray-Ex based system ... Each Xeon has 52 physical cores" (2 per node,
     #   104 cores), "Each node has 8 HPE Slingshot-11 NICs".
     # read_Bps: https://docs.alcf.anl.gov/aurora/data-management/moving_data_to_aurora/datamover/
-    #   ("Using dbcast"): a 12.437 GiB tarball on Flare (Lustre) read and broadcast to one
-    #   node's local /tmp in 2.011 s, 6.184 GiB/s; the same page says dbcast writes "to each
+    #   ("Using dbcast"): a 12.437 GiB tarball on Flare (Lustre) read and written to /tmp by 8
+    #   ranks on one node in 2.011 s, 6.184 GiB/s; the same page says dbcast writes "to each
     #   compute node's local /tmp". One reader thread reaching that per-node rate is an
     #   assumption (Flare: 160 OSTs, 650 GB/s peak, docs.alcf.anl.gov/aurora/data-management/
     #   lustre/flare/).
@@ -149,7 +153,7 @@ MACHINES = {
 # Python start-up from the shared filesystem at scale (an "import storm"): Copper paper (above),
 # section II and Fig. 1: with 12 Python processes per node on Lustre, "when using 512 nodes,
 # import times increase to about 603 seconds when importing horovod and about 100 seconds when
-# importing mpi4py" (the interpreter came from a conda environment on Lustre too). First-order
+# importing mpi4py" (where the interpreter lived is not said: assumed on Lustre too). First-order
 # extrapolation of that one point: the metadata servers serve every process's module lookups,
 # so the storm grows with processes x modules read from the shared filesystem; `python -c
 # "from mpi4py import MPI"` loads STORM_MODULES modules (counted here with the MPICH wheel's
@@ -280,7 +284,9 @@ class Rates:
     help_s: float
     mpi_init_s: dict[str, float]  # ranks -> s (mpiexec + simnode + mpi4py init + barrier)
     worker_fixed_s: dict[str, float]  # nodes -> s, the worker on a 1-file archive
-    throughput: dict[str, float]  # concurrent extractions -> single-process speeds delivered
+    throughput: dict[str, float]  # k simulated nodes at once -> single-node speeds delivered
+    probe_cpu_s: float  # the least CPU seconds one extraction of the small payload took
+    worker_cpu_s: float  # the least CPU seconds of the worker's 1-node run on a 1-file archive
     worker_modules: int  # modules a worker imports from outside the standard library
 
     def ratio(self, codec: str) -> float:
@@ -450,30 +456,42 @@ def _probe(n: int, reps: int, small: int, env: dict[str, str]) -> dict[str, Any]
 
 def extract_probe(path: str, start: float, seconds: float) -> None:
     """One simulated node of the concurrency probe: from wall-clock time ``start`` on, extract
-    ``path`` into the node's /tmp and remove it again, for ``seconds``; prints each time."""
+    ``path`` into the node's /tmp and remove it again, for ``seconds``; prints each one's
+    wall and CPU seconds."""
     time.sleep(max(0.0, start - time.time()))
-    times: list[float] = []
-    while time.time() < start + seconds or len(times) < 2:
-        t0 = time.perf_counter()
+    walls: list[float] = []
+    cpus: list[float] = []
+    while time.time() < start + seconds or len(walls) < 2:
+        t0, c0 = time.perf_counter(), _cpu_self()
         dest = tempfile.mkdtemp(prefix="ezpz-model-conc-", dir="/tmp")
         extract_file(path, dest)
         shutil.rmtree(dest)
-        times.append(time.perf_counter() - t0)
-    print("TIMES " + json.dumps(times), flush=True)
+        walls.append(time.perf_counter() - t0)
+        cpus.append(_cpu_self() - c0)
+    print("TIMES " + json.dumps({"wall": walls, "cpu": cpus}), flush=True)
 
 
-def _concurrency(path: Path, quiet: bool) -> dict[str, float]:
-    """k * T(1) / T(k): k simulated nodes (own /tmp each) extracting the small payload at once,
-    all starting together after their start-up and going on for 4 s."""
-    t_of: dict[int, float] = {}
+def _extract_time(path: Path, k: int, seconds: float) -> tuple[float, float]:
+    """(mean wall s, least CPU s) per extraction (and removal) of ``path`` when k simulated
+    nodes (own /tmp each) do it at once, all starting together after their start-up."""
+    start = time.time() + 1.0 + 0.25 * k
+    _, nodes = _simrun(k, [PY, __file__, "--probe-extract", str(path), str(start), str(seconds)],
+                       {})
+    per = [json.loads([ln for ln in nd.output.splitlines() if ln.startswith("TIMES ")][-1][6:])
+           for nd in nodes]
+    return (statistics.mean(statistics.mean(x["wall"]) for x in per),
+            min(min(x["cpu"]) for x in per))
+
+
+def _concurrency(path: Path, quiet: bool) -> tuple[dict[str, float], float]:
+    """The single-node speeds k simulated nodes get at once (k = 1, 2, 4, 8): k times the
+    least CPU seconds one extraction needs, over the wall seconds each took; and that CPU."""
+    got = {}
     for k in (1, 2, 4, 8):
-        start = time.time() + 1.0 + 0.25 * k
-        _, nodes = _simrun(k, [PY, __file__, "--probe-extract", str(path), str(start), "4"], {})
-        per = [json.loads([ln for ln in nd.output.splitlines() if ln.startswith("TIMES ")][-1][6:])
-               for nd in nodes]
-        t_of[k] = statistics.mean(statistics.mean(x) for x in per)
-        _say(f"    {k} at once: {t_of[k]:.2f} s per extraction (and removal)", quiet)
-    return {str(k): k * t_of[1] / t for k, t in t_of.items()}
+        got[k] = _extract_time(path, k, 4.0)
+        _say(f"    {k} at once: {got[k][0]:.2f} s per extraction (and removal)", quiet)
+    cpu = min(c for _w, c in got.values())
+    return {str(k): k * cpu / w for k, (w, _c) in got.items()}, cpu
 
 
 def _worker_modules(archive: Path, work: Path) -> dict[str, Any]:
@@ -557,6 +575,7 @@ def measure(args: argparse.Namespace) -> Rates:
              f"{cpu_pay:.2f} CPU s in all)", quiet)
 
         top = os.path.join(dest, rep.top or "")
+        logging.getLogger("ezpz").setLevel(logging.WARNING)  # no "relocated ..." line here
         t0 = time.perf_counter()
         rrep = relocate(top, new_prefix=os.path.join("/tmp", venv.name))
         relocate_s = time.perf_counter() - t0
@@ -601,16 +620,18 @@ def measure(args: argparse.Namespace) -> Rates:
     help_s, _ = bench_transfer.startup(["-m", "ezpz.transfer", "--help"])
     init = {}
     for n in (1, 2, 4):
-        init[str(n)] = _median([_simrun(n, [PY, "-c", "from mpi4py import MPI; "
-                                            "MPI.COMM_WORLD.Barrier()"], {})[0]
-                                for _ in range(3)])
+        init[str(n)] = min(_simrun(n, [PY, "-c", "from mpi4py import MPI; "
+                                       "MPI.COMM_WORLD.Barrier()"], {})[0] for _ in range(3))
     fixed = {}
     tiny_root = Path(tempfile.mkdtemp(prefix="ezpz-model-tiny-", dir="/var/tmp"))
     try:
         tiny = _tiny_archive(tiny_root)
-        for n in (1, 2, 4):
-            fixed[str(n)] = _median([bench_transfer.run_ezpz(n, tiny, "16MiB")[0]
-                                     for _ in range(3)])
+        worker_cpu = math.inf
+        for n in (1, 2, 4):  # the least of 3: the machine is shared
+            got = [bench_transfer.run_ezpz(n, tiny, "16MiB") for _ in range(3)]
+            fixed[str(n)] = min(w for w, _c, _res in got)
+            if n == 1:
+                worker_cpu = min(c for _w, c, _res in got)
         modules = _worker_modules(tiny, tiny_root)
     finally:
         shutil.rmtree(tiny_root, ignore_errors=True)
@@ -622,7 +643,7 @@ def measure(args: argparse.Namespace) -> Rates:
          f"library ({modules['top']})", quiet)
     _say("  parallel throughput (1, 2, 4, 8 simulated nodes extracting the small payload at "
          "once):", quiet)
-    thr = _concurrency(bench_transfer.archive(small, "zstd"), quiet)
+    thr, probe_cpu = _concurrency(bench_transfer.archive(small, "zstd"), quiet)
     _say("    single-node speeds delivered: "
          + ", ".join(f"{k} -> {v:.2f}" for k, v in thr.items()), quiet)
 
@@ -640,7 +661,9 @@ def measure(args: argparse.Namespace) -> Rates:
         step_busy_s=step_busy, copy_Bps=copy_Bps, gate_data_s=gate_data,
         gate_ctrl_s=gate_ctrl, gate_allgather_s=gate_ag, allgather_short_s=two["allgather"][0],
         python_s=python_s, help_s=help_s,
-        mpi_init_s=init, worker_fixed_s=fixed, throughput=thr, worker_modules=modules["outside"])
+        mpi_init_s=init, worker_fixed_s=fixed, throughput=thr, probe_cpu_s=probe_cpu,
+        worker_cpu_s=worker_cpu,
+        worker_modules=modules["outside"])
 
 
 def _timed(fn: Callable[[], Any]) -> float:
@@ -737,8 +760,16 @@ def payload_facts(which: str) -> Payload:
     return Payload(venv.name, arch, arch.stat().st_size, _decode(arch, "zstd")[0], files)
 
 
-def predict_here(r: Rates, n: int, v: Payload) -> dict[str, float]:
-    """The worker as it is today delivering payload v to n simulated nodes on this machine."""
+def predict_here(r: Rates, n: int, v: Payload, speed: Optional[float] = None
+                 ) -> dict[str, float]:
+    """The worker as it is today delivering payload v to n simulated nodes on this machine.
+
+    Every CPU-bound term is the sum of the n nodes' CPU seconds (start-up, decode, extraction,
+    hashing, broadcast copies, relocation) divided by ``speed``: the single-node speeds the
+    machine gives n simulated nodes at once (measured just before the run; default the n-node
+    throughput measured with the rates). Added: the waits of the sleep-polled collectives.
+    """
+    s_n = r.eff(n) if speed is None else speed
     a = v.archive_bytes
     nch = max(1, math.ceil(a / CHUNK))
     decode = v.tar_bytes / r.decode_Bps["zstd"]
@@ -750,35 +781,30 @@ def predict_here(r: Rates, n: int, v: Payload) -> dict[str, float]:
     root = decode + extract + read + hash_s + send  # the reader hashes on rank 0
     leader = decode + extract + hash_s + recv
     work = root + (n - 1) * leader
-    # n nodes' decode and extraction share the cores at the measured n-node throughput
-    stream = max(decode, extract, work / r.eff(n))
+    stream = max(decode, extract, work / s_n)
     if n > 1:
         _, steps, moved = ibcast_algorithm(n, min(CHUNK, a))
         _, csteps, _ = ibcast_algorithm(n, CONTROL_SIZE)
         per_chunk = (steps * (r.step_busy_s + r.gate_data_s) + moved / r.copy_Bps
                      + csteps * (r.step_busy_s + r.gate_ctrl_s))
         stream = max(stream, nch * per_chunk)
-    fixed = fixed_here(r, n)
-    relocate_s = r.relocate_s * v.files / r.files * n / r.eff(n)
+    fixed = fixed_here(r, n, speed=s_n)
+    relocate_s = r.relocate_s * v.files / r.files * n / s_n
     return {"fixed": fixed, "plan": r.plan_s, "stream": stream, "relocate": relocate_s,
             "total": fixed + r.plan_s + stream + relocate_s, "stream_cpu": work}
 
 
-def fixed_here(r: Rates, n: int) -> float:
-    """The worker's cost on n simulated nodes apart from the archive: launch and MPI start-up
-    (line fitted to 1, 2, 4 ranks), the worker's own start-up on top of it (CPU-shared), and
-    the three status allgathers (MPICH's steps for n ranks, each waiting as measured)."""
-    xs = [1.0, 2.0, 4.0]
-    ys = [r.mpi_init_s[str(int(x))] for x in xs]
-    mx, my = statistics.mean(xs), statistics.mean(ys)
-    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
-    launch = my + slope * (n - mx)
-    worker = r.worker_fixed_s["1"] - r.mpi_init_s["1"]
-    _, gsteps, _ = iallgather_algorithm(n, OBJ_BYTES)
+def fixed_here(r: Rates, n: int, tree: bool = False, speed: Optional[float] = None) -> float:
+    """The worker's cost on n simulated nodes apart from the archive: n start-ups (the CPU
+    seconds of the whole worker on a 1-file archive at 1 node, launch and MPI start-up
+    included) sharing the machine at ``speed`` (default: the n-node throughput measured with
+    the rates), and the three status allgathers (MPICH's steps for n ranks, each waiting as
+    measured)."""
+    s_n = r.eff(n) if speed is None else speed
+    gsteps = log2c(n) if tree else iallgather_algorithm(n, OBJ_BYTES)[1]
     # a few steps (lg n here) wait like the 2-node call; a long ring waits the steady gate
     per_step = r.allgather_short_s if gsteps <= 4 else r.step_busy_s + r.gate_allgather_s
-    gates = 3 * gsteps * per_step
-    return launch + worker * n / r.eff(n) + gates
+    return n * r.worker_cpu_s / s_n + 3 * gsteps * per_step
 
 
 # --------------------------------------------------------------------------------------
@@ -793,36 +819,73 @@ def validate(r: Rates, args: argparse.Namespace) -> None:
           f"{v.files} files), chunk_size {DEFAULTS.chunk_size}, depth {DEPTH}; median of "
           f"{args.repeat} alternating runs; load average before: "
           + " ".join(f"{x:.2f}" for x in os.getloadavg()))
-    print("model assumes: the stages' CPU seconds measured above; n nodes sharing the cores "
-          "at the throughput measured for n simulated nodes extracting at once (eff(n) "
-          "single-node speeds, no more than one node's decode + extraction work at a time "
-          "for one node); launch + MPI start-up on the line "
-          "through 1/2/4 ranks; the worker's own start-up (1-file run at 1 node minus MPI "
-          "start-up) CPU-shared; every collective costed with MPICH's algorithm for that many "
-          "ranks, each step waiting the measured gate of its poll; relocation on every node at "
-          "once")
+    print("model assumes: the n nodes' CPU seconds (start-up as the 1-file run at 1 node, "
+          "decode, extraction, hashing, broadcast copies, relocation; measured above, the "
+          "least of 3 where the machine's other load could inflate them) run at eff(n) "
+          "single-node speeds: n x C / T(n), T(n) the wall seconds per extraction of the small "
+          "payload when n simulated nodes did it at once just before the run, C the least CPU "
+          "seconds one such extraction took (the machine is shared, so what n nodes get is "
+          "measured again for every run); every collective costed with MPICH's algorithm for "
+          "that many ranks, each step waiting the measured gate of its poll")
     print("\nfixed cost (1-file archive): " + ", ".join(
         f"{n} nodes measured {r.worker_fixed_s[str(n)]:.2f} s / model {fixed_here(r, n):.2f} s"
         for n in (1, 2, 4)))
     counts = (1, 2, 4, 8)
     runs: dict[int, list[tuple[float, float, dict]]] = {n: [] for n in counts}
+    probe_t: dict[int, list[float]] = {n: [] for n in counts}
+    probe = bench_transfer.archive(payload.ensure(small=True), "zstd")
     for i in range(args.repeat):  # alternate, so that the machine's other load spreads out
         for n in counts:
+            # this machine is shared: what n simulated nodes get now, measured just before
+            probe_t[n].append(_extract_time(probe, n, 2.0)[0])
             runs[n].append(bench_transfer.run_ezpz(n, arch, DEFAULTS.chunk_size))
-            _say(f"    run {i + 1}/{args.repeat}, {n} nodes: {runs[n][-1][0]:.2f} s", False)
+            _say(f"    run {i + 1}/{args.repeat}, {n} nodes: {runs[n][-1][0]:.2f} s ({n} "
+                 f"extracting just before: {probe_t[n][-1]:.2f} s each)", False)
+
     print("\n| nodes | predicted s | measured s | error | model: fixed + plan + stream + relocate "
-          "| rank 0 extract s (measured) | stream CPU s model / all CPU s measured |")
-    print("|---:|---:|---:|---:|---|---:|---|")
+          "| eff(n) | rank 0 extract s (measured) | stream CPU s model / all CPU s measured |")
+    print("|---:|---:|---:|---:|---|---:|---:|---|")
     for n in counts:
         wall = _median([w for w, _c, _res in runs[n]])
         cpu = _median([c for _w, c, _res in runs[n]])
         ext = _median([res["phases"]["extract"] for _w, _c, res in runs[n]])
-        pr = predict_here(r, n, v)
+        eff = _median([n * r.probe_cpu_s / t for t in probe_t[n]])
+        pr = predict_here(r, n, v, eff)
         err = (pr["total"] - wall) / wall
         print(f"| {n} | {pr['total']:.2f} | {wall:.2f} | {err:+.0%} | {pr['fixed']:.2f} + "
-              f"{pr['plan']:.2f} + {pr['stream']:.2f} + {pr['relocate']:.2f} | {ext:.2f} | "
+              f"{pr['plan']:.2f} + {pr['stream']:.2f} + {pr['relocate']:.2f} | {eff:.2f} | "
+              f"{ext:.2f} | "
               f"{pr['stream_cpu']:.1f} / {cpu:.1f} |", flush=True)
     print("load average after: " + " ".join(f"{x:.2f}" for x in os.getloadavg()))
+
+
+TREE = {"MPIR_CVAR_IALLGATHER_INTRA_ALGORITHM": "sched_brucks",
+        "MPIR_CVAR_IBCAST_INTRA_ALGORITHM": "sched_binomial"}
+
+
+def gate_check(r: Rates, n: int, repeat: int) -> None:
+    """The worker on n simulated nodes with a 1-file archive: MPICH's default algorithms vs
+    trees (TREE), alternating; the model's fixed cost beside each."""
+    print(f"\n== the wait per step, seen on the real worker: {n} simulated nodes, 1-file archive, "
+          f"MPICH's default algorithms vs {' '.join(f'{k}={v}' for k, v in TREE.items())} "
+          f"(median of {repeat} alternating runs; load average before: "
+          + " ".join(f"{x:.2f}" for x in os.getloadavg()) + ") ==")
+    root = Path(tempfile.mkdtemp(prefix="ezpz-model-gates-", dir="/var/tmp"))
+    times: dict[str, list[float]] = {"default": [], "tree": []}
+    try:
+        tiny = _tiny_archive(root)
+        for _ in range(repeat):
+            for kind, env in (("default", {}), ("tree", TREE)):
+                times[kind].append(bench_transfer.run_ezpz(n, tiny, DEFAULTS.chunk_size,
+                                                           env_extra=env)[0])
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    d, t = _median(times["default"]), _median(times["tree"])
+    print(f"status allgather of {n} x {OBJ_BYTES} B: {iallgather_algorithm(n, OBJ_BYTES)[0]} "
+          f"({iallgather_algorithm(n, OBJ_BYTES)[1]} steps) by default, Bruck ({log2c(n)} steps) "
+          "with the CVARs")
+    print(f"default {d:.2f} s (model {fixed_here(r, n):.2f} s), trees {t:.2f} s (model "
+          f"{fixed_here(r, n, tree=True):.2f} s): default/trees {d / t:.2f}x")
 
 
 def print_model(r: Rates, args: argparse.Namespace) -> Prediction:
@@ -909,6 +972,9 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3, help="validation runs per node count "
                     "(median; default 3)")
     ap.add_argument("--no-validate", action="store_true", help="skip the runs on simulated nodes")
+    ap.add_argument("--gate-check", type=int, metavar="NODES", default=0,
+                    help="also run the worker on NODES simulated nodes (e.g. 64) with a 1-file "
+                         "archive, MPICH's default algorithms vs trees, to see the wait per step")
     ap.add_argument("--model-only", action="store_true",
                     help="print only the model (stage rates from the last run's cache, "
                          "measured quietly when there is none)")
@@ -931,6 +997,8 @@ def main() -> None:
                        ("--repeat", args.repeat)):
         if value <= 0:
             _usage(f"{key}: must be positive, got {value}")
+    if args.gate_check < 0 or args.gate_check == 1:
+        _usage(f"--gate-check: a number of nodes of at least 2 is needed, got {args.gate_check}")
     for key, value in (("--node-cv", args.node_cv), ("--chunk-cv", args.chunk_cv)):
         if not 0 <= value < 1:
             _usage(f"{key}: a fraction in [0, 1) is needed, got {value}")
@@ -947,6 +1015,8 @@ def main() -> None:
         args.rates.write_text(json.dumps(asdict(rates), indent=1))
     if not args.model_only and not args.no_validate:
         validate(rates, args)
+    if not args.model_only and args.gate_check:
+        gate_check(rates, args.gate_check, args.repeat)
     head = print_model(rates, args)
     print(f"\nprediction, decoupled design: {args.archive_bytes / 1e9:.1f} GB {args.codec} "
           f"archive, {args.files:,} files -> 4096 nodes of Aurora: {head.decoupled_s:.0f} s")
