@@ -423,7 +423,7 @@ def mpi_probe(reps: int, small: int) -> None:
     little = bytearray(small)
     ctrl = bytearray(CONTROL_SIZE)
 
-    def timed(fn: Callable[[], Any], n: int) -> tuple[float, float]:
+    def timed(fn: Callable[[], Any], n: int) -> tuple[float, float, float]:
         comm.barrier()
         ts = []
         c0 = time.process_time()
@@ -431,7 +431,7 @@ def mpi_probe(reps: int, small: int) -> None:
             t0 = time.perf_counter()
             fn()
             ts.append(time.perf_counter() - t0)
-        return _median(ts), (time.process_time() - c0) / n
+        return _median(ts), (time.process_time() - c0) / n, min(ts)
 
     mine = {
         "data": timed(lambda: comm.bcast_data(data, CHUNK), reps),
@@ -449,8 +449,9 @@ def _probe(n: int, reps: int, small: int, env: dict[str, str]) -> dict[str, Any]
     _, nodes = _simrun(n, [PY, __file__, "--probe-mpi", str(reps), str(small)], env)
     line = [ln for ln in nodes[0].output.splitlines() if ln.startswith("PROBE ")][-1]
     got = json.loads(line[6:])
-    # the collective ends when its last rank does
-    return {k: (max(r[k][0] for r in got["ranks"]), [r[k][1] for r in got["ranks"]])
+    # the collective ends when its last rank does: (median, CPU per call of each rank, least)
+    return {k: (max(r[k][0] for r in got["ranks"]), [r[k][1] for r in got["ranks"]],
+                max(r[k][2] for r in got["ranks"]))
             for k in ("data", "small", "ctrl", "allgather")}
 
 
@@ -601,7 +602,7 @@ def measure(args: argparse.Namespace) -> Rates:
     two = _probe(2, 20, 64 << 10, {})
     busy = _probe(2, 20, 64 << 10, dict(RING, EZPZ_BCAST_POLL="0"))
     ring = _probe(4, 20, 64 << 10, RING)
-    step_busy = busy["small"][0] / (log2c(2) + 1)
+    step_busy = busy["small"][2] / (log2c(2) + 1)  # the least: spinning suffers most from load
     bsteps = log2c(4) + 3
     gate_data = max(0.0, ring["small"][0] / bsteps - step_busy)
     gate_ctrl = max(0.0, ring["ctrl"][0] / bsteps - step_busy)
@@ -823,24 +824,28 @@ def validate(r: Rates, args: argparse.Namespace) -> None:
           "decode, extraction, hashing, broadcast copies, relocation; measured above, the "
           "least of 3 where the machine's other load could inflate them) run at eff(n) "
           "single-node speeds: n x C / T(n), T(n) the wall seconds per extraction of the small "
-          "payload when n simulated nodes did it at once just before the run, C the least CPU "
-          "seconds one such extraction took (the machine is shared, so what n nodes get is "
-          "measured again for every run); every collective costed with MPICH's algorithm for "
-          "that many ranks, each step waiting the measured gate of its poll")
+          "payload when n simulated nodes did it at once just before and just after the run "
+          "(mean), C the least CPU seconds one such extraction took (the machine is shared, so "
+          "what n nodes get is measured again around every run; predicted: the median of the "
+          "runs' predictions); every collective costed with MPICH's algorithm for that many "
+          "ranks, each step waiting the measured gate of its poll")
     print("\nfixed cost (1-file archive): " + ", ".join(
         f"{n} nodes measured {r.worker_fixed_s[str(n)]:.2f} s / model {fixed_here(r, n):.2f} s"
         for n in (1, 2, 4)))
     counts = (1, 2, 4, 8)
     runs: dict[int, list[tuple[float, float, dict]]] = {n: [] for n in counts}
-    probe_t: dict[int, list[float]] = {n: [] for n in counts}
+    effs: dict[int, list[float]] = {n: [] for n in counts}
     probe = bench_transfer.archive(payload.ensure(small=True), "zstd")
     for i in range(args.repeat):  # alternate, so that the machine's other load spreads out
         for n in counts:
-            # this machine is shared: what n simulated nodes get now, measured just before
-            probe_t[n].append(_extract_time(probe, n, 2.0)[0])
+            # this machine is shared: what n simulated nodes get of it, just before and after
+            before = _extract_time(probe, n, 1.5)[0]
             runs[n].append(bench_transfer.run_ezpz(n, arch, DEFAULTS.chunk_size))
+            after = _extract_time(probe, n, 1.5)[0]
+            effs[n].append(n * r.probe_cpu_s / ((before + after) / 2))
             _say(f"    run {i + 1}/{args.repeat}, {n} nodes: {runs[n][-1][0]:.2f} s ({n} "
-                 f"extracting just before: {probe_t[n][-1]:.2f} s each)", False)
+                 f"extracting before/after: {before:.2f}/{after:.2f} s each, eff({n}) "
+                 f"{effs[n][-1]:.2f})", False)
 
     print("\n| nodes | predicted s | measured s | error | model: fixed + plan + stream + relocate "
           "| eff(n) | rank 0 extract s (measured) | stream CPU s model / all CPU s measured |")
@@ -849,8 +854,9 @@ def validate(r: Rates, args: argparse.Namespace) -> None:
         wall = _median([w for w, _c, _res in runs[n]])
         cpu = _median([c for _w, c, _res in runs[n]])
         ext = _median([res["phases"]["extract"] for _w, _c, res in runs[n]])
-        eff = _median([n * r.probe_cpu_s / t for t in probe_t[n]])
+        eff = _median(effs[n])
         pr = predict_here(r, n, v, eff)
+        pr["total"] = _median([predict_here(r, n, v, e)["total"] for e in effs[n]])
         err = (pr["total"] - wall) / wall
         print(f"| {n} | {pr['total']:.2f} | {wall:.2f} | {err:+.0%} | {pr['fixed']:.2f} + "
               f"{pr['plan']:.2f} + {pr['stream']:.2f} + {pr['relocate']:.2f} | {eff:.2f} | "
