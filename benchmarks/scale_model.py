@@ -54,10 +54,11 @@ import sys
 import tarfile
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from statistics import NormalDist
-from typing import Any, Callable, Optional
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -65,17 +66,21 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 
 import bench_transfer  # noqa: E402  (archives of the payload, runs on simulated nodes, start-up)
 import payload  # noqa: E402
+
 import simnodes  # noqa: E402
 
 # --------------------------------------------------------------------------------------
 # ezpz's public names used by this script, in one place (the package is being restructured:
 # when a name moves, only these lines change)
 # --------------------------------------------------------------------------------------
-from ezpz.comm import OBJ_SLOT, make_comm  # noqa: E402
 from ezpz.config import TransferConfig, parse_size  # noqa: E402
-from ezpz.extract import READ_SIZE, extract_file, open_decoder  # noqa: E402
+from ezpz.extract import extract_file  # noqa: E402
+from ezpz.formats.codecs import READ_SIZE, open_decoder  # noqa: E402
 from ezpz.relocate import relocate  # noqa: E402
-from ezpz.transfer import CONTROL_SIZE, make_plan  # noqa: E402
+from ezpz.transfer import make_plan  # noqa: E402
+from ezpz.transfer.comm import make_comm  # noqa: E402
+from ezpz.transfer.comm.base import OBJ_SLOT  # noqa: E402
+from ezpz.transfer.wire import CONTROL_SIZE  # noqa: E402
 
 PY = sys.executable
 DEFAULTS = TransferConfig()
@@ -330,7 +335,7 @@ def _hash_rate() -> float:
     return 32 * len(buf) / (time.thread_time() - t0)
 
 
-def _decode(path: Path, codec: str, sink: Optional[Any] = None) -> tuple[int, float]:
+def _decode(path: Path, codec: str, sink: Any | None = None) -> tuple[int, float]:
     """(decoded bytes, CPU s of this thread) of decoding ``path``; optionally writes the tar."""
     with open(path, "rb", buffering=0) as fh:
         dec = open_decoder(fh, codec)
@@ -522,9 +527,9 @@ def _tiny_archive(root: Path) -> Path:
     src.mkdir()
     (src / "hello.txt").write_text("hello\n")
     out = root / "tiny.tar.zst"
-    with open(out, "wb") as fh, zstandard.ZstdCompressor().stream_writer(fh) as zw:
-        with tarfile.open(fileobj=zw, mode="w|") as tf:
-            tf.add(src, arcname="tiny")
+    with open(out, "wb") as fh, zstandard.ZstdCompressor().stream_writer(fh) as zw, \
+            tarfile.open(fileobj=zw, mode="w|") as tf:
+        tf.add(src, arcname="tiny")
     return out
 
 
@@ -587,7 +592,7 @@ def measure(args: argparse.Namespace) -> Rates:
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
-    plan_s = _median([_timed(lambda: make_plan(TransferConfig(src=str(arch["zstd"]))))
+    plan_s = _median([_timed(lambda: make_plan(str(arch["zstd"]), decompress=True))
                       for _ in range(3)])
     status_s = _status_json_s()
     _say(f"  plan on rank 0            {plan_s * 1e3:.1f} ms (archive identity, manifest)", quiet)
@@ -761,7 +766,7 @@ def payload_facts(which: str) -> Payload:
     return Payload(venv.name, arch, arch.stat().st_size, _decode(arch, "zstd")[0], files)
 
 
-def predict_here(r: Rates, n: int, v: Payload, speed: Optional[float] = None
+def predict_here(r: Rates, n: int, v: Payload, speed: float | None = None
                  ) -> dict[str, float]:
     """The worker as it is today delivering payload v to n simulated nodes on this machine.
 
@@ -795,7 +800,7 @@ def predict_here(r: Rates, n: int, v: Payload, speed: Optional[float] = None
             "total": fixed + r.plan_s + stream + relocate_s, "stream_cpu": work}
 
 
-def fixed_here(r: Rates, n: int, tree: bool = False, speed: Optional[float] = None) -> float:
+def fixed_here(r: Rates, n: int, tree: bool = False, speed: float | None = None) -> float:
     """The worker's cost on n simulated nodes apart from the archive: n start-ups (the CPU
     seconds of the whole worker on a 1-file archive at 1 node, launch and MPI start-up
     included) sharing the machine at ``speed`` (default: the n-node throughput measured with
@@ -952,7 +957,7 @@ def _usage(msg: str) -> None:
     sys.exit(2)
 
 
-def _load_rates(path: Path) -> Optional[Rates]:
+def _load_rates(path: Path) -> Rates | None:
     try:
         return Rates(**json.loads(path.read_text()))
     except (OSError, ValueError, TypeError):
