@@ -157,7 +157,8 @@ def describe_config_exception(exc: BaseException) -> str:
         inner = inner.__cause__
     kind = _choice_kind(inner)
     if kind is not None:
-        return str(choice_error(kind, getattr(inner, "value", None), str(inner.full_key)))
+        return str(choice_error(kind, getattr(inner, "value", None),
+                                str(getattr(inner, "full_key", ""))))
     full_key = getattr(inner, "full_key", None) or getattr(exc, "full_key", None)
     text = str(inner).strip().splitlines()
     reason = text[0] if text else type(inner).__name__

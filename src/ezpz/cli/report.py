@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from ..errors import EXIT_USAGE, EzpzError
 from ..report import PLOT_HINT, SUMMARY_CSV, SUMMARY_MD, SUMMARY_PNG
@@ -22,7 +23,7 @@ EPILOG = """examples:
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, exit 2
+    def error(self, message: str) -> NoReturn:  # one line, exit 2
         self.exit(EXIT_USAGE, f"error: {message} (see ezpz-report --help)\n")
 
 

@@ -73,7 +73,7 @@ def _parse(argv: Sequence[str]) -> tuple[dict[str, str | None], list[str]]:
 
 
 def _load_config_file(path: str, overrides: list[str]) -> Any:
-    from omegaconf import OmegaConf
+    from omegaconf import DictConfig, OmegaConf
 
     from ..config import YeetConfig
     from .common import describe_config_exception
@@ -81,7 +81,7 @@ def _load_config_file(path: str, overrides: list[str]) -> Any:
     try:
         base = OmegaConf.structured(YeetConfig)
         loaded = OmegaConf.load(path)
-        if hasattr(loaded, "pop"):
+        if isinstance(loaded, DictConfig):
             loaded.pop("hydra", None)
         return OmegaConf.merge(base, loaded, OmegaConf.from_dotlist(overrides))
     except FileNotFoundError:

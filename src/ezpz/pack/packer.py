@@ -283,7 +283,7 @@ class _Terminated(Exception):
     pass
 
 
-def _raise_terminated(signum, frame):
+def _raise_terminated(signum: int, frame: Any) -> None:
     raise _Terminated()
 
 
@@ -377,7 +377,7 @@ def _write(cfg: TarEnvConfig, prefix: Path, kind: str, name: str, out: Path, cod
     spill_path = out.parent / f".{out.name}.tmp2-{os.getpid()}"
     spilled: list[Any] = []
 
-    def spill():
+    def spill() -> Any:
         fh2 = open(spill_path, "xb")
         spilled.append(fh2)
         return fh2
@@ -443,7 +443,7 @@ def _check_interpreter(prefix: Path, kind: str, facts: PythonFacts,
         logger.info("env.bundle_python=true has no effect: a %s environment carries its own "
                     "interpreter", kind)
         return None
-    if not outside:
+    if not outside or base is None:
         return None
     system = os.path.realpath(base) in SYSTEM_PREFIXES
     if bundle:

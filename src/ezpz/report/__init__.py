@@ -225,12 +225,14 @@ def read_run(job_dir: str, label: str) -> Run:
     run.results = results
     run.status = results["status"]
     run.exit_code = _int(results.get("exit_code"))
-    phases = results.get("phases") if isinstance(results.get("phases"), dict) else {}
+    phases_raw = results.get("phases")
+    phases: dict[str, Any] = phases_raw if isinstance(phases_raw, dict) else {}
     run.phases = {p: _number(phases.get(p)) for p in PHASES}
     run.total_s = _number(phases.get("total"))
     run.mb_s = _number(results.get("throughput_mb_s"))
     run.nodes = _int(results.get("nodes"))
-    archive = results.get("archive") if isinstance(results.get("archive"), dict) else {}
+    archive_raw = results.get("archive")
+    archive: dict[str, Any] = archive_raw if isinstance(archive_raw, dict) else {}
     run.archive_bytes = _int(archive.get("bytes"))
     run.codec = archive.get("codec") if isinstance(archive.get("codec"), str) else None
     hosts = results.get("failed_hosts")
@@ -268,7 +270,7 @@ def find_job_dirs(root: str) -> list[str]:
     return found
 
 
-def _natural_key(name: str) -> tuple:
+def _natural_key(name: str) -> tuple[Any, ...]:
     return (0, int(name), "") if name.isdigit() else (1, 0, name)
 
 
@@ -307,7 +309,7 @@ def collect_runs(dirs: Sequence[str], require_results: bool = True) -> list[Run]
 # --------------------------------------------------------------------------------------
 # summarising
 # --------------------------------------------------------------------------------------
-def value_sort_key(value: str) -> tuple:
+def value_sort_key(value: str) -> tuple[Any, ...]:
     """Numbers and sizes (``64KiB`` < ``1MiB``) sort by magnitude, anything else by text."""
     x = _number(value)
     if x is None:
@@ -363,7 +365,7 @@ def summarize(runs: Sequence[Run], x_key: str | None = None) -> Summary:
     keys = swept_keys(runs)
     if x_key is not None and x_key not in keys:
         raise ConfigError(f"{x_key}: not a swept key (swept: {', '.join(keys) or 'none'})")
-    groups: dict[tuple, list[Run]] = {}
+    groups: dict[tuple[str, ...], list[Run]] = {}
     for r in runs:
         groups.setdefault(tuple(r.overrides.get(k, "") for k in keys), []).append(r)
     points = []
@@ -380,7 +382,7 @@ def summarize(runs: Sequence[Run], x_key: str | None = None) -> Summary:
     points.sort(key=lambda p: tuple(value_sort_key(p.values[k]) if sortable[k]
                                     else (1, 0.0, p.values[k]) for k in keys))
     candidates = [p for p in points if p.status == "ok" and p.mb_s is not None]
-    best = max(candidates, key=lambda p: p.mb_s) if candidates else None
+    best = max(candidates, key=lambda p: p.mb_s or 0.0) if candidates else None
     return Summary(keys=keys, points=points, best=best,
                    x_key=x_key or choose_x_key(keys, points))
 
