@@ -38,6 +38,9 @@ exec 3<&-
 for sig in HUP INT TERM USR1 USR2; do trap "kill -$sig $child 2>/dev/null" "$sig"; done
 wait "$child"; rc=$?
 while kill -0 "$child" 2>/dev/null; do wait "$child"; rc=$?; done
+# MPICH hydra tells the ranks left of a failed job with SIGUSR1 (to the process group):
+# the check below must not die of it.
+trap "" USR1
 if [ -n "$EZPZ_SIM_OUT" ]; then
   echo "$rc" >"$EZPZ_SIM_OUT/rc.$rank"
   if [ -n "$EZPZ_SIM_CHECK" ]; then
