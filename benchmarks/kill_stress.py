@@ -11,7 +11,8 @@ hydra then SIGKILLs every other rank) or ``mpiexec -disable-auto-cleanup`` (the 
 have to notice on their own). A run *held* when
 
 - every surviving rank had exited within ``transfer.timeout`` + ``--margin`` seconds of the
-  kill, and so had mpiexec;
+  kill, plus the duration of an undisturbed run (measured first: survivors of a lost
+  non-root rank go on and finish the transfer without it), and so had mpiexec;
 - no node (the killed one included) keeps a staging directory, a spill file or a partial
   archive copy once mpiexec has returned (``--margin`` seconds allowed for the clean-up).
 
@@ -101,8 +102,31 @@ def received(node_dir: Path) -> int:
     return total
 
 
+def baseline(work: Path, archive: Path, nodes: int, timeout: float) -> float:
+    """Seconds of an undisturbed run (mpiexec start to end)."""
+    from ezpz.config import Backend
+    from ezpz.transfer import WorkerSpec
+
+    run = work / "baseline"
+    out = run / "out"
+    out.mkdir(parents=True)
+    spec_file = run / "spec.json"
+    WorkerSpec(src=str(archive), dst="/tmp/env", backend=Backend.mpi, chunk_bytes=256 << 10,
+               depth=2, timeout=timeout).write(str(spec_file))
+    env = simnodes.sim_env(out, capture=True, check=False, shared_root=str(run / "nodes"))
+    t0 = time.monotonic()
+    p = subprocess.run([simnodes.mpiexec_path(), "-n", str(nodes), simnodes.SIMNODE,
+                        sys.executable, "-m", "ezpz.transfer", "--spec", str(spec_file),
+                        "--run-dir", str(run / "rd")], env=env, capture_output=True, text=True)
+    seconds = time.monotonic() - t0
+    if p.returncode != 0:
+        raise SystemExit(f"the undisturbed run failed: {p.stdout[-2000:]}{p.stderr[-2000:]}")
+    shutil.rmtree(run, ignore_errors=True)
+    return seconds
+
+
 def one_run(i: int, work: Path, archive: Path, nodes: int, timeout: float, margin: float,
-            victim: int, plain: bool) -> tuple[bool, str]:
+            victim: int, plain: bool, base: float) -> tuple[bool, str]:
     from ezpz.config import Backend
     from ezpz.transfer import WorkerSpec
 
@@ -134,7 +158,7 @@ def one_run(i: int, work: Path, archive: Path, nodes: int, timeout: float, margi
     os.kill(pids[victim], signal.SIGKILL)
     t_kill = time.monotonic()
     survivors = {r: p for r, p in pids.items() if r != victim}
-    limit = timeout + margin
+    limit = timeout + margin + base
     exited: dict[int, float] = {}
     while time.monotonic() - t_kill < limit + 60:
         for r, p in survivors.items():
@@ -151,6 +175,8 @@ def one_run(i: int, work: Path, archive: Path, nodes: int, timeout: float, margi
     output = proc.communicate()[0]
     time.sleep(0)
     # the clean-up may finish after mpiexec returned: allow --margin for it
+    went_on = sum("left out of the broadcast" in (out / f"out.{k}").read_text(errors="replace")
+                  for k in range(nodes) if (out / f"out.{k}").exists())
     left: dict[str, list[str]] = {}
     clean_deadline = time.monotonic() + margin
     while True:
@@ -165,7 +191,7 @@ def one_run(i: int, work: Path, archive: Path, nodes: int, timeout: float, margi
     slowest = max(exited.values(), default=0.0)
     launcher = "never" if launcher_s is None else f"{launcher_s:.1f} s"
     why = (f"survivors out after {slowest:.1f} s (max), mpiexec after {launcher}, "
-           f"rc {proc.returncode}")
+           f"rc {proc.returncode}" + (", the others went on without it" if went_on else ""))
     if late:
         why += f"; late ranks {late}"
     if missing:
@@ -205,7 +231,7 @@ def main() -> int:
     ap.add_argument("--timeout", type=float, default=5.0, help="transfer.timeout (s)")
     ap.add_argument("--margin", type=float, default=10.0,
                     help="seconds allowed beyond the timeout (start-up of the clean-up)")
-    ap.add_argument("--files", type=int, default=4000, help="files in the archive")
+    ap.add_argument("--files", type=int, default=2000, help="files in the archive")
     ap.add_argument("--file-size", type=int, default=64 << 10)
     args = ap.parse_args()
     ok, why = simnodes.namespaces_available()
@@ -215,15 +241,19 @@ def main() -> int:
     try:
         archive = make_archive(work / "env.tar", args.files, args.file_size)
         print(f"command: python benchmarks/kill_stress.py {' '.join(sys.argv[1:])}".rstrip())
+        base = baseline(work, archive, args.nodes, args.timeout)
         print(f"{args.runs} runs, {args.nodes} simulated nodes, transfer.timeout="
               f"{args.timeout:g}s, margin {args.margin:g}s, archive "
-              f"{archive.stat().st_size / 1e6:.0f} MB ({args.files} files)", flush=True)
+              f"{archive.stat().st_size / 1e6:.0f} MB ({args.files} files), undisturbed run "
+              f"{base:.1f}s: a run holds when every survivor and mpiexec are out within "
+              f"{args.timeout + args.margin + base:.1f}s of the kill and no node keeps "
+              "staging", flush=True)
         cases = [(1, True), (0, True), (1, False), (0, False)]
         held = 0
         for i in range(args.runs):
             victim, plain = cases[i % len(cases)]
             good, why = one_run(i, work, archive, args.nodes, args.timeout, args.margin,
-                                victim, plain)
+                                victim, plain, base)
             held += good
             print(f"run {i + 1:2d}: kill {'root' if victim == 0 else f'rank {victim}'}, "
                   f"{'plain mpiexec' if plain else '-disable-auto-cleanup'}: "

@@ -77,6 +77,11 @@ class Sentinel:
             for p in paths:
                 self._send("path " + p)
 
+    def started(self) -> None:
+        """The communication library is up (before this, a stuck rank holds nothing to clean
+        up, and cannot run a signal handler: it is SIGKILLed at once)."""
+        self._send("started")
+
     def done(self) -> None:
         """The rank ends normally: remove nothing; the sentinel exits."""
         self._stop.set()
@@ -159,7 +164,7 @@ def _say(label: str, msg: str) -> None:
 
 def _run(fd: int, rank: int, timeout: float, label: str, grace: float) -> None:
     paths: list[str] = []
-    done = False
+    done = started = False
     buf = b""
     last_beat = last_wake = time.monotonic()
     while True:
@@ -181,14 +186,21 @@ def _run(fd: int, rank: int, timeout: float, label: str, grace: float) -> None:
                     paths = []
                 elif line.startswith("path "):
                     paths.append(line[5:])
+                elif line == "started":
+                    started = True
                 elif line == "done":
                     done = True
             continue
         if now - last_beat > timeout:
-            _say(label, f"no sign of life from the worker (pid {rank}) for {timeout:g}s: it "
-                        "is stopped or stuck (e.g. MPI start-up waiting for a rank that is "
-                        "stopped or missing); ending it")
-            _end(rank, fd, grace)
+            if started:
+                _say(label, f"no sign of life from the worker (pid {rank}) for {timeout:g}s: "
+                            "it is stopped or stuck; ending it")
+            else:
+                _say(label, f"the worker (pid {rank}) did not get through start-up within "
+                            f"transfer.timeout={timeout:g}s (MPI or torch.distributed start-up "
+                            "waits for a rank that is stopped, missing or slow to start); "
+                            "ending it")
+            _end(rank, fd, grace if started else 0.0)
             break
     if not done:
         for p in paths:
@@ -197,8 +209,9 @@ def _run(fd: int, rank: int, timeout: float, label: str, grace: float) -> None:
 
 def _end(pid: int, fd: int, grace: float) -> None:
     """SIGTERM (and SIGCONT, for a stopped rank) so that the rank cleans up; SIGKILL after
-    ``grace`` seconds. Returns once the rank is gone (its end of the pipe closed)."""
-    for sig in (signal.SIGTERM, signal.SIGCONT):
+    ``grace`` seconds (at once when 0). Returns once the rank is gone (its end of the pipe
+    closed)."""
+    for sig in (signal.SIGTERM, signal.SIGCONT) if grace > 0 else ():
         try:
             os.kill(pid, sig)
         except OSError:

@@ -349,6 +349,7 @@ class Consumer(threading.Thread):
 
     def run(self) -> None:
         t0 = time.perf_counter()
+        _lower_priority()
         try:
             if self.plan.file_mode:
                 self._write_file()
@@ -388,6 +389,24 @@ class Consumer(threading.Thread):
                 write_all(fd, memoryview(buf)[:n])
         finally:
             os.close(fd)
+
+
+#: How much less CPU priority the extraction gets than the broadcast (nice increment).
+EXTRACT_NICE = int(os.environ.get("EZPZ_EXTRACT_NICE", "10"))
+
+
+def _lower_priority() -> None:
+    """Run this thread (and the threads it starts) at a lower CPU priority: where cores are
+    scarce, the broadcast, which every other node waits for, goes first; the extraction
+    uses what is left (on a node with idle cores this changes nothing)."""
+    if EXTRACT_NICE <= 0:
+        return
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid,
+                       min(19, os.getpriority(os.PRIO_PROCESS, tid) + EXTRACT_NICE))
+    except (OSError, AttributeError):
+        pass
 
 
 class Tee:

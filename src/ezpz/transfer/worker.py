@@ -115,6 +115,8 @@ class Transfer:
         except BaseException:
             self._done()
             raise
+        if self.sentinel is not None:
+            self.sentinel.started()
         self.host = comm.host
         comm.set_timeout_handler(self._on_timeout)
         old_handlers = {s: signal.signal(s, self._on_signal)
