@@ -151,6 +151,8 @@ def task(cfg: Any) -> int:
     # Hosts, GPUs and the command are checked before anything slow (packing) happens.
     plan = plan_launch(settings.machine, launcher, worker_argv(spec_file, run_dir),
                        one_per_host=True, workdir=str(run_dir))
+    # a rank's output is a pipe to the launcher: tell rank 0 whether the user sees a terminal
+    plan.env.setdefault("EZPZ_PROGRESS", "bar" if sys.stderr.isatty() else "log")
     if backend is Backend.torch and launcher.name != "torchrun":
         # torch.distributed without torchrun (mpiexec/srun): rendezvous on the first node.
         plan.env.setdefault("MASTER_ADDR", "localhost" if plan.local_only else plan.hosts[0])

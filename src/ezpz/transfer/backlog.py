@@ -114,22 +114,24 @@ class Backlog(io.RawIOBase):
                 off = self._wpos
                 self._wpos += len(view)
                 self._writing += 1
+            ok = False
             try:
                 done = 0
                 while done < len(view):
                     done += os.pwrite(self._fd, view[done:], off + done)
+                ok = True
             finally:
-                with self._cond:
-                    self._writing -= 1
+                with self._cond:  # queued in the same step: the file is never truncated
+                    self._writing -= 1  # between the write and the queueing
+                    if ok:
+                        self._q.append(("file", off, len(view)))
+                        self.spilled += len(view)
+                        self._added(len(view))
         except OSError as exc:
             self._spill_failed = True
             log.warning("cannot spill received data to %s (%s); receiving at the pace of the "
                         "extraction from now on", self.spill_dir, exc.strerror or exc)
             return False
-        with self._cond:
-            self._q.append(("file", off, len(view)))
-            self.spilled += len(view)
-            self._added(len(view))
         return True
 
     def _open_spill(self) -> int:
@@ -219,6 +221,8 @@ class Backlog(io.RawIOBase):
                             raise OSError("the spill file ended early")
                     self._pos += n
                     self.consumed += n
+                    if self._pos >= size:  # read through: its buffer is free at once
+                        self._finish_current()
                     return n
             if not self._next():
                 return 0

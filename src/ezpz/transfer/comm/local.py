@@ -37,6 +37,8 @@ class LocalWorld:
         self._rounds: dict[tuple[str, int], dict[int, Any]] = {}
         self._readers: dict[tuple[str, int], int] = {}
         self.mail: dict[int, deque[bytes]] = {r: deque() for r in range(len(hosts))}
+        #: mail frames delivered to each rank (what each rank's memory and time scale with)
+        self.frames_in: dict[int, int] = {r: 0 for r in range(len(hosts))}
         self._freeze: dict[int, tuple[int, threading.Event]] = {}
         self._kill: dict[int, int] = {}
 
@@ -173,8 +175,10 @@ class LocalComm(Comm):
         self._group = self._group_name(members, epoch)
 
     def _post_frame(self, node: int, frame: bytearray) -> Done:
+        dest = self.leader_ranks[node]
         with self.world._cond:
-            self.world.mail[self.leader_ranks[node]].append(bytes(frame))
+            self.world.mail[dest].append(bytes(frame))
+            self.world.frames_in[dest] += 1
         return Done()
 
     def _poll_frames(self) -> list[bytes]:

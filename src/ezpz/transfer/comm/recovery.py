@@ -76,7 +76,8 @@ def stream_wait(comm: Comm, req: Request, what: str, max_sleep: float,
                 if kind is Kind.PROBE and msg.get("epoch") == comm.epoch and not probed:
                     comm.send(0, Kind.POSITION, {"epoch": comm.epoch, "pos": comm.position})
                     probed = True
-                    deadline = now + limit  # the root has a whole probe window, then forms
+                    # the root waits a whole probe window for the others, then says more
+                    deadline = now + probe_seconds(comm) + limit
                 elif kind is Kind.EPOCH and int(msg.get("epoch", -1)) > comm.epoch:
                     comm.abandoned.append(req)
                     _join(comm, msg)
@@ -87,7 +88,7 @@ def stream_wait(comm: Comm, req: Request, what: str, max_sleep: float,
                                    else "rank 0 to repair the broadcast")
                 comm.send(0, Kind.STALL, {"epoch": comm.epoch, "pos": comm.position})
                 reported = True
-                deadline = now + limit
+                deadline = now + limit + probe_seconds(comm)
         if delay:
             time.sleep(delay)
         delay = min(max_sleep, delay * 2 if delay else 0.0001)
