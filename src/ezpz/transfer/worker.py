@@ -388,8 +388,9 @@ class Transfer:
                                 + (f" and {more} more node(s)" if more > 0 else ""))
         return result
 
-    def _service_root(self, comm: Comm) -> None:
-        """Rank 0: take in progress and statuses that arrived."""
+    def _service_root(self, comm: Comm) -> list[int]:
+        """Rank 0: take in progress and statuses that arrived; the nodes whose status came."""
+        came = []
         for src, kind, msg in comm.take(Kind.PROGRESS, Kind.STATUS):
             if kind is Kind.PROGRESS:
                 if self.display is not None:
@@ -401,34 +402,37 @@ class Transfer:
                     self.statuses[src] = NodeStatus(host=comm.node_hosts[src],
                                                     status=Status.failed,
                                                     error="sent a status rank 0 cannot read")
+                came.append(src)
                 if self.display is not None:
                     self.display.finished(src)
+        return came
 
     def _gather(self, comm: Comm) -> list[NodeStatus]:
         """Rank 0: every node's status; a node from which nothing was heard for ``timeout``
         (or that was left out of the broadcast) is failed. Nodes that reported already are
-        kept alive with KEEPALIVE while they wait."""
+        kept alive with KEEPALIVE while they wait. O(1) per message, O(nodes) twice a second."""
         t0 = time.monotonic()
         every = max(1.0, self.spec.timeout / 3)
-        alive_sent = time.monotonic()
-        while True:
-            self._service_root(comm)
+        alive_sent = checked = t0
+        pending = set(range(1, comm.nnodes)) - set(self.statuses)
+        while pending:
+            pending.difference_update(self._service_root(comm))
             now = time.monotonic()
-            for n in range(1, comm.nnodes):
-                if n in self.statuses:
-                    continue
-                why = comm.lost.get(n)
-                if why is None and now - max(t0, comm.last_heard.get(n, 0.0)) > self.spec.timeout:
-                    why = (f"no word from this node for transfer.timeout={self.spec.timeout:g}s"
-                           " (it is stopped, gone or stuck)")
-                if why is not None:
-                    self.clean = False
-                    self.statuses[n] = NodeStatus(host=comm.node_hosts[n], status=Status.failed,
-                                                  error=why)
-                    if self.display is not None:
-                        self.display.finished(n)
-            if len(self.statuses) == comm.nnodes:
-                break
+            if now - checked > 0.5 or not pending:
+                checked = now
+                for n in sorted(pending):
+                    why = comm.lost.get(n)
+                    if why is None and \
+                            now - max(t0, comm.last_heard.get(n, 0.0)) > self.spec.timeout:
+                        why = (f"no word from this node for transfer.timeout="
+                               f"{self.spec.timeout:g}s (it is stopped, gone or stuck)")
+                    if why is not None:
+                        self.clean = False
+                        self.statuses[n] = NodeStatus(host=comm.node_hosts[n],
+                                                      status=Status.failed, error=why)
+                        pending.discard(n)
+                        if self.display is not None:
+                            self.display.finished(n)
             if now - alive_sent > every:
                 alive_sent = now
                 for n in self.statuses:
@@ -436,7 +440,8 @@ class Transfer:
                         comm.send(n, Kind.KEEPALIVE, {})
             if self.display is not None:
                 self.display.show()
-            time.sleep(0.005)
+            if pending:
+                time.sleep(0.005)
         for n, why in comm.lost.items():  # a lost node that reported later keeps its word
             self.clean = False
             if self.statuses[n].status is not Status.failed:

@@ -158,22 +158,25 @@ def recover(comm: Comm) -> int:
 def root_end_of_stream(comm: Comm, stream_bytes: int) -> None:
     """On the root, after the end of the stream was broadcast: wait until every member of
     the group has received all of it or is lost. A member that says it is stuck, or from
-    which nothing was heard for ``timeout``, makes the root recover the stream (Resync)."""
+    which nothing was heard for ``timeout``, makes the root recover the stream (Resync).
+    Rank 0's work is O(1) per message and O(members) twice a second."""
     t0 = time.monotonic()
-    while True:
+    waiting = {m for m in comm.members[1:] if m not in comm.stream_done and m not in comm.lost}
+    checked = t0
+    while waiting:
         stalls = []
         for src, kind, msg in comm.take(Kind.STREAM_DONE, Kind.STALL):
             if kind is Kind.STREAM_DONE:
                 comm.stream_done.add(src)
+                waiting.discard(src)
             elif msg.get("epoch") == comm.epoch:
                 stalls.append(src)
-        waiting = [m for m in comm.members[1:]
-                   if m not in comm.stream_done and m not in comm.lost]
-        if not waiting:
-            return
         now = time.monotonic()
-        silent = [m for m in waiting
-                  if now - max(t0, comm.last_heard.get(m, 0.0)) > comm.timeout]
+        silent = False
+        if now - checked > 0.5:
+            checked = now
+            silent = any(now - max(t0, comm.last_heard.get(m, 0.0)) > comm.timeout
+                         for m in waiting)
         if stalls or silent:
             if not comm.can_recover:
                 raise _timeout(comm.timeout, "the other nodes to receive the end of the stream")
