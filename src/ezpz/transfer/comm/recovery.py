@@ -20,7 +20,7 @@ the others. So every wait of the stream is bounded, and mail (point to point, se
 At the end of the stream, the root waits until every member has said that it received
 everything (``STREAM_DONE``), or is lost, so that a member stuck on the last chunk is not
 forgotten. The root itself cannot be replaced: when it is lost, the leaders give up within
-``timeout`` plus :data:`~.base.PROBE_SECONDS`.
+``timeout`` plus twice :data:`~.base.PROBE_SECONDS`.
 
 Backends that cannot form a group of some leaders only (torch.distributed makes every rank
 take part) give up on the first stall instead (``CommTimeout``).
@@ -77,7 +77,7 @@ def stream_wait(comm: Comm, req: Request, what: str, max_sleep: float,
                     comm.send(0, Kind.POSITION, {"epoch": comm.epoch, "pos": comm.position})
                     probed = True
                     # the root waits a whole probe window for the others, then says more
-                    deadline = now + probe_seconds(comm) + limit
+                    deadline = now + 2 * probe_seconds(comm)
                 elif kind is Kind.EPOCH and int(msg.get("epoch", -1)) > comm.epoch:
                     comm.abandoned.append(req)
                     _join(comm, msg)
@@ -86,9 +86,10 @@ def stream_wait(comm: Comm, req: Request, what: str, max_sleep: float,
                 if not comm.can_recover or reported or probed:
                     raise _timeout(limit, what if not (reported or probed)
                                    else "rank 0 to repair the broadcast")
+                # a live root answers at once, or after a probe window it is busy with
                 comm.send(0, Kind.STALL, {"epoch": comm.epoch, "pos": comm.position})
                 reported = True
-                deadline = now + limit + probe_seconds(comm)
+                deadline = now + 2 * probe_seconds(comm)
         if delay:
             time.sleep(delay)
         delay = min(max_sleep, delay * 2 if delay else 0.0001)
