@@ -98,12 +98,15 @@ def _staged(proc: subprocess.Popen, cfg: Path, rank: int) -> int:
 def transfer(work: Path, n: int, archive: Path, chunk: str, env: dict[str, str] | None = None,
              join_slow: Path | None = None) -> tuple[float, float, dict]:
     """(launch time, wall s, results.json) of one transfer to n nodes."""
+    from ezpz.config import Backend, parse_size
+    from ezpz.transfer import WorkerSpec
+
     run = Path(tempfile.mkdtemp(prefix="run-", dir=work))
-    cfg = run / "cfg.yaml"
-    cfg.write_text(f"transfer:\n  src: {json.dumps(str(archive))}\n  chunk_size: {chunk}\n"
-                   "  timeout: 600\n")
+    cfg = run / "worker-spec.json"  # what ezpz-yeet-env hands the ranks
+    WorkerSpec(src=str(archive), dst="/tmp/env", backend=Backend.mpi,
+               chunk_bytes=parse_size(chunk), timeout=600.0).write(str(cfg))
     t_launch = time.time()
-    wall, _ = _launch(n, [PY, "-m", "ezpz.transfer", "--config-file", str(cfg), "--run-dir",
+    wall, _ = _launch(n, [PY, "-m", "ezpz.transfer", "--spec", str(cfg), "--run-dir",
                           str(run)], dict(os.environ, EZPZ_LOG_LEVEL="WARNING", **(env or {})),
                       join_slow=join_slow, cfg=cfg)
     results = json.loads((run / "results.json").read_text())

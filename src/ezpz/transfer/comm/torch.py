@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections import deque
 from typing import Any
 
@@ -48,8 +49,17 @@ class _Sent:
     def test(self) -> bool:
         return False
 
-    def wait(self) -> None:
-        self.work.wait()
+    def wait(self, timeout: float | None = None) -> bool:
+        from datetime import timedelta
+
+        try:
+            if timeout is None:
+                self.work.wait()
+            else:
+                self.work.wait(timedelta(seconds=max(0.001, timeout)))
+            return True
+        except Exception:  # noqa: BLE001 - a peer that is gone never takes it
+            return False
 
 
 class _Receiver(threading.Thread):
@@ -159,18 +169,19 @@ class TorchComm(Comm):
         super().send(node, kind, obj)
         if len(self._sending) > 256:  # gloo cannot say which are done: wait for the oldest
             for s in self._sending[:128]:
-                s.wait()
+                s.wait(self.timeout)
             del self._sending[:128]
 
     def goodbye(self) -> None:
         self.send(0, Kind.BYE, {})
 
     def flush_mail(self, timeout: float = 5.0) -> None:
+        deadline = time.monotonic() + timeout
         for s in self._sending:
-            s.wait()  # bounded by the process group's timeout
+            s.wait(deadline - time.monotonic())
         self._sending.clear()
         if self._receiver is not None:
-            self._receiver.join(timeout)
+            self._receiver.join(max(0.0, deadline - time.monotonic()))
 
     # the stream: every leader takes part (no groups of some ranks only) ----------------
     def start_stream(self, members: list[int]) -> None:
