@@ -351,3 +351,20 @@ def test_results_json_records_the_timeline_and_spill(tmp_path):
                                                 "done": 3.0}
     assert saved["per_node"][0]["spilled"] == 0
     assert NodeStatus.from_wire({**saved["per_node"][0], "unknown": 1}).timeline["done"] == 3.0
+
+
+def test_backlog_does_not_spill_into_the_space_the_extraction_needs(tmp_path, caplog):
+    # free space next to dst minus the chunk would fall below what the extraction still
+    # needs: the receiver waits instead of filling the disk
+    bl = Backlog(cap=1, spill_dir=str(tmp_path), reserve=lambda b: 1 << 62)
+    bl.put(b"a" * 100, release=lambda: None)
+    with caplog.at_level(logging.WARNING, logger="ezpz.transfer.backlog"), \
+            pytest.raises(TimeoutError):
+        bl.put(b"b" * 100, release=lambda: None, timeout=0.2)
+    assert "not spilling received data to" in caplog.text
+    assert "the extraction still needs about" in caplog.text
+    assert bl.spilled == 0 and bl._fd is None
+    roomy = Backlog(cap=1, spill_dir=str(tmp_path), reserve=lambda b: 0)
+    roomy.put(b"a" * 100, release=lambda: None)
+    roomy.put(b"b" * 100, release=lambda: None, timeout=0.2)
+    assert roomy.spilled == 100

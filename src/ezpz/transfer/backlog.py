@@ -8,8 +8,9 @@ buffer is released at once, so the receiver never waits for the extraction and m
 at the receive buffers. The spill file is created ``O_EXCL|O_NOFOLLOW`` under a unique name
 and unlinked at once: nothing is left behind whatever happens to the process (a SIGKILL
 included); its space is given back when the extraction has caught up (truncated) and when the
-process ends. When it cannot be written (a full disk), the receiver falls back to waiting for
-the extraction, as without a spill file, and says so once.
+process ends. When it cannot be written (a full disk), or when writing it would leave less
+free space than the extraction still needs (``reserve``), the receiver falls back to waiting
+for the extraction, as without a spill file, and says so once.
 
 ``EZPZ_SPILL=0`` turns spilling off (the receiver then waits for the extraction: the lockstep
 the benchmark compares against).
@@ -26,7 +27,9 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from ..config import format_size
 from ..extract import Aborted
+from ..fsutil import free_bytes
 from ..log import get_logger
 
 log = get_logger(__name__)
@@ -40,11 +43,14 @@ class Backlog(io.RawIOBase):
     ``spill_dir``/``spill_name``: where the spill file goes (None: never spill).
     """
 
-    def __init__(self, cap: int, spill_dir: str | None, spill_name: str = "ezpz") -> None:
+    def __init__(self, cap: int, spill_dir: str | None, spill_name: str = "ezpz",
+                 reserve: Callable[[Backlog], int] | None = None) -> None:
         super().__init__()
         self.cap = max(1, cap)
         self.spill_dir = spill_dir if SPILL_ENABLED else None
         self.spill_name = spill_name
+        #: bytes that must stay free next to the spill file (what the extraction still needs)
+        self.reserve = reserve
         self._cond = threading.Condition()
         #: segments in order: ("mem", view, release) or ("file", offset, length)
         self._q: deque[tuple[Any, ...]] = deque()
@@ -107,6 +113,15 @@ class Backlog(io.RawIOBase):
         """Append ``view`` to the spill file and queue it; False when that is impossible."""
         if self.spill_dir is None or self._spill_failed:
             return False
+        if self.reserve is not None:
+            free = free_bytes(self.spill_dir)
+            need = self.reserve(self)
+            if free is not None and free - len(view) < need:
+                self._spill_failed = True
+                log.warning("not spilling received data to %s: %s free, the extraction still "
+                            "needs about %s; receiving at the pace of the extraction from now "
+                            "on", self.spill_dir, format_size(free), format_size(need))
+                return False
         try:
             with self._cond:
                 if self._fd is None:

@@ -339,13 +339,23 @@ class Consumer(threading.Thread):
         self.spec = spec
         # rank 0's reader needs a free buffer to read ahead while one is broadcast
         cap = max(1, spec.depth - (2 if root else 1))
-        self.stream = Backlog(cap, spill_dir=node.parent, spill_name=node.name)
+        self.stream = Backlog(cap, spill_dir=node.parent, spill_name=node.name,
+                              reserve=self._reserve)
         self.error: BaseException | None = None
         self.report: Any = None
         self.seconds = 0.0
         self.finished_at: float | None = None
         self.copy_fd = node.open_archive_copy() if spec.keep_archive and not plan.file_mode \
             else None
+
+    def _reserve(self, backlog: Backlog) -> int:
+        """Bytes the extraction still needs next to dst: the tree's size from the manifest (the
+        archive's size without one), minus the share of the stream already extracted."""
+        total = self.plan.total_bytes or self.plan.bytes
+        if self.copy_fd is not None:
+            total += self.plan.bytes
+        done = backlog.consumed / self.plan.bytes if self.plan.bytes else 1.0
+        return int(total * max(0.0, 1.0 - done))
 
     def run(self) -> None:
         t0 = time.perf_counter()
@@ -391,8 +401,14 @@ class Consumer(threading.Thread):
             os.close(fd)
 
 
-#: How much less CPU priority the extraction gets than the broadcast (nice increment).
-EXTRACT_NICE = int(os.environ.get("EZPZ_EXTRACT_NICE", "10"))
+def _nice_setting() -> int:
+    raw = os.environ.get("EZPZ_EXTRACT_NICE", "10").strip()
+    return int(raw) if raw.isdigit() else 10
+
+
+#: How much less CPU priority the extraction gets than the broadcast (nice increment;
+#: ``EZPZ_EXTRACT_NICE=0`` keeps it equal).
+EXTRACT_NICE = _nice_setting()
 
 
 def _lower_priority() -> None:
