@@ -20,12 +20,14 @@ that was in flight on the old group is never reused.
 from __future__ import annotations
 
 import errno
+import functools
+import io
 import os
 import queue
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 from ..fsutil import write_all
 from .backlog import Backlog
@@ -36,7 +38,7 @@ from .spec import Plan, WorkerSpec
 from .wire import CONTROL_SIZE, Control, Flag
 
 
-def open_source(path: str) -> BinaryIO:
+def open_source(path: str) -> io.RawIOBase:
     """The archive, unbuffered (rank 0 reads each chunk straight into a broadcast buffer)."""
     return open(path, "rb", buffering=0)
 
@@ -310,7 +312,8 @@ def pump(comm: Comm, side: RootSide | LeaderSide, backlog: Backlog | None, timeo
             fed += len(view)
             comm.position = fed
             if backlog is not None:
-                backlog.put(view, release=lambda b=buf: side.release(b), timeout=timeout)
+                backlog.put(view, release=functools.partial(side.release, buf),
+                            timeout=timeout)
             else:
                 side.release(buf)
             if tick is not None:
@@ -374,7 +377,7 @@ class Consumer(threading.Thread):
                 try:
                     ex = SafeExtractor(self.node.staging, engine=self.spec.engine,
                                        label=self.plan.src)
-                    self.report = ex.run(dec, self.plan.codec)
+                    self.report = ex.run(cast(BinaryIO, dec), self.plan.codec)
                 finally:
                     dec.close()
                 self.stream.drain()
