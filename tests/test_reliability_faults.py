@@ -126,7 +126,8 @@ def test_rank_sigkilled_mid_transfer(run_nodes, python, tmp_path, victim):
             continue
         assert node.rc == 1, node.output
         if victim == 0:  # rank 0 cannot be replaced: the others give up and clean up
-            assert "timed out after 2s" in node.output, node.output
+            assert ("timed out after 2s" in node.output
+                    or "communication failed" in node.output), node.output
             assert leftovers(node) == [], node.tmp  # no partial dst, no staging
         else:  # the others go on without node1, install, and the run fails on node1
             assert node.tmp["big.bin"]["size"] == BIG, node.tmp

@@ -68,11 +68,16 @@ class Resync(Exception):
 
 
 class Request(Protocol):
+    #: Why the communication library gave up on this request ("" while it has not).
+    failed: str
+
     def test(self) -> bool: ...
 
 
 class Done:
     """A request that is already complete."""
+
+    failed = ""
 
     def test(self) -> bool:
         return True

@@ -108,6 +108,8 @@ class LocalWorld:
 class _Bcast:
     """A broadcast in flight: complete once every member of the group joined it."""
 
+    failed = ""
+
     def __init__(self, comm: LocalComm, group: str, round_: int, members: int, view: Any,
                  nbytes: int) -> None:
         self.world = comm.world

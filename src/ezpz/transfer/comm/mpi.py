@@ -25,15 +25,26 @@ POSTED = 16
 
 
 class _Req:
-    """An MPI request and the buffer it uses (kept alive while MPI may touch it)."""
+    """An MPI request and the buffer it uses (kept alive while MPI may touch it).
 
-    __slots__ = ("req", "buf")
+    A request that fails (MPICH reports a peer that died as an error of the operations that
+    involve it) never completes: ``failed`` says why, and the stream treats it as a stall
+    (the group is then repaired without the lost node). A send that fails counts as done:
+    there is nobody left to receive it."""
 
-    def __init__(self, req: Any, buf: Any) -> None:
-        self.req, self.buf = req, buf
+    __slots__ = ("req", "buf", "failed", "send")
+
+    def __init__(self, req: Any, buf: Any, send: bool = False) -> None:
+        self.req, self.buf, self.failed, self.send = req, buf, "", send
 
     def test(self) -> bool:
-        return bool(self.req.Test())
+        if self.failed:
+            return self.send
+        try:
+            return bool(self.req.Test())
+        except Exception as exc:  # noqa: BLE001 - mpi4py.MPI.Exception, reported as a stall
+            self.failed = str(exc).strip().splitlines()[-1] if str(exc).strip() else repr(exc)
+            return self.send
 
 
 class MPIComm(Comm):
@@ -76,13 +87,22 @@ class MPIComm(Comm):
                                                 tag=TAG_MAIL), buf))
 
     def _post_frame(self, node: int, frame: bytearray) -> _Req:
-        return _Req(self.ctl.Isend([frame, self.MPI.BYTE], dest=node, tag=TAG_MAIL), frame)
+        try:
+            req = self.ctl.Isend([frame, self.MPI.BYTE], dest=node, tag=TAG_MAIL)
+        except self.MPI.Exception:  # the peer is known to be gone: nothing to send to
+            r = _Req(None, frame, send=True)
+            r.failed = "the peer is gone"
+            return r
+        return _Req(req, frame, send=True)
 
     def _poll_frames(self) -> list[bytes]:
         out = []
         # in posting order: frames from one sender match the receives in the order posted
         while self._posted and self._posted[0].test():
             out.append(bytes(self._posted.popleft().buf))
+            self._post_recv()
+        if self._posted and self._posted[0].failed:  # an error for a lost peer: listen again
+            self._posted.popleft()
             self._post_recv()
         return out
 

@@ -57,6 +57,10 @@ def stream_wait(comm: Comm, req: Request, what: str, max_sleep: float,
     reported = False
     while probed or not req.test():
         now = time.monotonic()
+        if req.failed and now <= deadline:  # the library gave up on a peer
+            log.warning("%s: %s failed (%s); treating it as a stall", comm.host, what,
+                        req.failed)
+            deadline = now - 1.0
         if comm.is_root:
             stalls = [m for m in comm.take(Kind.STALL, Kind.STREAM_DONE)
                       if _note_done(comm, m) and m[2].get("epoch") == comm.epoch]

@@ -30,6 +30,7 @@ TAG_MAIL = 77
 
 class _Work:
     __slots__ = ("work", "buf")
+    failed = ""
 
     def __init__(self, work: Any, buf: Any) -> None:
         self.work, self.buf = work, buf
@@ -42,6 +43,7 @@ class _Sent:
     """A send in flight: gloo says it is done only in ``wait``."""
 
     __slots__ = ("work", "buf")
+    failed = ""
 
     def __init__(self, work: Any, buf: Any) -> None:
         self.work, self.buf = work, buf
