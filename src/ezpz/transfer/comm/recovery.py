@@ -87,9 +87,11 @@ def stream_wait(comm: Comm, req: Request, what: str, max_sleep: float,
                     _join(comm, msg)
                     raise Resync(int(msg["resume"]))
             if now > deadline:
-                if not comm.can_recover or reported or probed:
-                    raise _timeout(limit, what if not (reported or probed)
-                                   else "rank 0 to repair the broadcast")
+                if not comm.can_recover:
+                    raise _timeout(limit, what)
+                if reported or probed:
+                    raise _timeout(2 * probe_seconds(comm), "rank 0 to repair the broadcast "
+                                   f"(after {limit:g}s without progress)")
                 # a live root answers at once, or after a probe window it is busy with
                 comm.send(0, Kind.STALL, {"epoch": comm.epoch, "pos": comm.position})
                 reported = True
