@@ -41,6 +41,10 @@ if TYPE_CHECKING:
 log = get_logger(__name__)
 
 
+#: Seconds between looks at the mail while a broadcast is waited for.
+MAIL_EVERY = 0.01
+
+
 def probe_seconds(comm: Comm) -> float:
     from .base import PROBE_SECONDS
 
@@ -55,12 +59,21 @@ def stream_wait(comm: Comm, req: Request, what: str, max_sleep: float,
     delay = 0.0
     probed = False  # answered a PROBE: wait for the new group only
     reported = False
+    mail_at = 0.0
     while probed or not req.test():
         now = time.monotonic()
         if req.failed and now <= deadline:  # the library gave up on a peer
             log.warning("%s: %s failed (%s); treating it as a stall", comm.host, what,
                         req.failed)
             deadline = now - 1.0
+        if now < mail_at and now <= deadline:
+            # recovery mail is rare: looked at every MAIL_EVERY s, not at every test (a
+            # node short of CPU must not spend it on polling)
+            if delay:
+                time.sleep(delay)
+            delay = min(max_sleep, delay * 2 if delay else 0.0001)
+            continue
+        mail_at = now + MAIL_EVERY
         if comm.is_root:
             stalls = [m for m in comm.take(Kind.STALL, Kind.STREAM_DONE)
                       if _note_done(comm, m) and m[2].get("epoch") == comm.epoch]
