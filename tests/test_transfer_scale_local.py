@@ -128,6 +128,7 @@ def test_lost_root_fails_every_node_within_the_timeout(job):
     assert not (tmp / "run" / "results.json").exists()
 
 
+@pytest.mark.slow
 def test_two_hundred_nodes_cost_rank_0_o_n_and_the_others_o_1(job, capsys):
     files, spec_for, tmp = job
     n = 200

@@ -39,6 +39,9 @@ from ..fsutil import remove
 
 #: Seconds between heartbeats.
 BEAT = 1.0
+#: The shortest silence taken for a stuck rank, whatever ``transfer.timeout`` says (a
+#: heartbeat may be late by a few seconds on a loaded machine).
+MIN_SILENCE = 5.0
 
 
 class Sentinel:
@@ -112,7 +115,7 @@ def start(timeout: float, label: str, grace: float | None = None) -> Sentinel | 
         try:
             os.close(w)
             _detach(r)
-            _run(r, rank_pid, timeout, label,
+            _run(r, rank_pid, max(timeout, MIN_SILENCE), label,
                  grace if grace is not None else max(5.0, min(timeout, 30.0)))
         except BaseException:  # noqa: BLE001 - the sentinel must never return into the rank
             code = 1
@@ -197,9 +200,9 @@ def _run(fd: int, rank: int, timeout: float, label: str, grace: float) -> None:
                             "it is stopped or stuck; ending it")
             else:
                 _say(label, f"the worker (pid {rank}) did not get through start-up within "
-                            f"transfer.timeout={timeout:g}s (MPI or torch.distributed start-up "
-                            "waits for a rank that is stopped, missing or slow to start); "
-                            "ending it")
+                            f"{timeout:g}s (MPI or torch.distributed start-up waits for a rank "
+                            "that is stopped, missing or slow to start; transfer.timeout sets "
+                            "the limit); ending it")
             _end(rank, fd, grace if started else 0.0)
             break
     if not done:
