@@ -46,6 +46,7 @@ def many_files(path: Path, count: int, size: int, top: str = "env") -> Path:
 
 def config(tmp_path: Path, **transfer) -> Path:
     path = tmp_path / "cfg.yaml"
+    transfer.setdefault("dst", "/tmp/env")  # the trees and staging entries the checks look at
     path.write_text("transfer:\n" + "".join(f"  {k}: {json.dumps(v)}\n"
                                              for k, v in transfer.items()))
     return path
