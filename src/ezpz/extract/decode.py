@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, BinaryIO, cast
 
+from ..config import EXTRACT_THREADS_AUTO
 from ..formats.codecs import READ_SIZE, gzip_blocks, open_decoder
 from ..formats.zstdframes import FrameScan, NotSplittable
 from ..fsutil import cpu_count
@@ -22,6 +23,13 @@ FRAME_MAX = 64 << 20
 #: Most frames decoded at once, whatever the thread count: the memory of the decode-ahead is
 #: about (this + 2) x the frame size (16 MiB for ezpz-tar-env's frames).
 FRAMES_AHEAD_MAX = 4
+
+
+def resolve_threads(count: int) -> int:
+    """Threads for one node's extraction: ``count``, or for 0 (``transfer.threads=auto``)
+    the cores this process may run on (its affinity mask), at most
+    :data:`~ezpz.config.EXTRACT_THREADS_AUTO`."""
+    return count if count > 0 else min(cpu_count(), EXTRACT_THREADS_AUTO)
 
 
 class DecodeAhead:
