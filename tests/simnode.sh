@@ -4,6 +4,8 @@
 # Needs root (unshare -m -u). Used by tests/simnodes.py and as launcher.wrap=[.../simnode.sh].
 #
 #   EZPZ_SIM_PPN=K        ranks rank//K share one node (default 1 rank per node)
+#   EZPZ_SIM_KEEP_HOSTNAME=1  the node is the hostname the launcher gave (tests/fakessh.sh
+#                         names a host's UTS namespace), not rank//K
 #   EZPZ_SIM_ROOT=DIR     bind DIR/node<k> on /tmp instead of a fresh tmpfs (shared by a node's ranks)
 #   EZPZ_SIM_TMP_SIZE=SZ  size of the private tmpfs (default 4g)
 #   EZPZ_SIM_TMP_RO=N     mount node N's /tmp read-only (a failing node)
@@ -15,7 +17,8 @@ exec unshare -m -u --propagation private /bin/sh -c '
 rank=${PMI_RANK:-${SLURM_PROCID:-${RANK:-0}}}
 ppn=${EZPZ_SIM_PPN:-1}
 node=$((rank / ppn))
-if [ -n "$SLURMD_NODENAME" ]; then hostname "$SLURMD_NODENAME"; node=$SLURMD_NODENAME
+if [ "$EZPZ_SIM_KEEP_HOSTNAME" = 1 ]; then node=$(hostname)
+elif [ -n "$SLURMD_NODENAME" ]; then hostname "$SLURMD_NODENAME"; node=$SLURMD_NODENAME
 else hostname "node$node"; node="node$node"; fi
 if [ -n "$EZPZ_SIM_ROOT" ]; then
   mkdir -p "$EZPZ_SIM_ROOT/$node" && mount --bind "$EZPZ_SIM_ROOT/$node" /tmp || exit 97

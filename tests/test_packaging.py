@@ -21,8 +21,55 @@ def wheel(tmp_path_factory) -> Path:
     if p.returncode != 0 and "No module named" in p.stderr and "setuptools" in p.stderr:
         pytest.skip("setuptools is not installed in this environment")
     assert p.returncode == 0, p.stderr
-    (whl,) = out.glob("ezpz-*.whl")
+    (whl,) = out.glob("*.whl")
     return whl
+
+
+def test_the_wheel_is_named_for_the_free_distribution_name(wheel):
+    # "ezpz" and "ezpz-ai" on PyPI are other projects: the wheel must never claim them
+    assert wheel.name.startswith("ezpz_hpc-"), wheel.name
+    meta = next(n for n in zipfile.ZipFile(wheel).namelist() if n.endswith(".dist-info/METADATA"))
+    text = zipfile.ZipFile(wheel).read(meta).decode()
+    assert "\nName: ezpz-hpc\n" in text
+
+
+@pytest.mark.slow
+def test_the_wheel_installs_and_runs_in_a_fresh_venv(wheel, tmp_path):
+    """A fresh venv gets the wheel (no index, no network); its dependencies are this venv's
+    site-packages, made visible with a path file (not the editable ezpz of this clone)."""
+    import sysconfig
+
+    names = zipfile.ZipFile(wheel).namelist()
+    assert any(n.startswith("ezpz/extract/_fastx") and n.endswith(".so") for n in names), \
+        "the wheel lacks the C module ezpz.extract._fastx"
+    venv = tmp_path / "fresh venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    vpy = venv / "bin" / "python"
+    purelib = Path(subprocess.run([str(vpy), "-c", "import sysconfig; print(sysconfig.get_path("
+                                  "'purelib'))"], capture_output=True, text=True,
+                                  check=True).stdout.strip())
+    (purelib / "zz_deps.pth").write_text(sysconfig.get_path("purelib") + "\n")
+    p = subprocess.run([sys.executable, "-m", "pip", "--python", str(vpy), "install", "-q",
+                        "--no-deps", "--no-index", str(wheel)], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    run = subprocess.run([str(venv / "bin" / "ezpz-tar-env"), "--version"], capture_output=True,
+                         text=True, cwd=tmp_path, env=env)
+    assert run.returncode == 0, run.stderr
+    from ezpz import __version__
+
+    assert run.stdout.strip() == f"ezpz-tar-env {__version__} (ezpz-hpc)"
+    run = subprocess.run([str(venv / "bin" / "ezpz-yeet-env"), "--help"], capture_output=True,
+                         text=True, cwd=tmp_path, env=env)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.startswith("ezpz-yeet-env: ") and "Config groups" in run.stdout
+    code = ("import ezpz, ezpz.extract._fastx as f; print(ezpz.__file__); print(f.__file__)")
+    run = subprocess.run([str(vpy), "-c", code], capture_output=True, text=True, cwd=tmp_path,
+                         env=env)
+    assert run.returncode == 0, run.stderr
+    ezpz_file, fastx_file = run.stdout.splitlines()
+    assert ezpz_file.startswith(str(purelib)) and fastx_file.startswith(str(purelib)), run.stdout
+    assert not list(tmp_path.glob("outputs")), "--version and --help write nothing"
 
 
 def test_wheel_contains_every_config(wheel):

@@ -213,7 +213,7 @@ def test_without_matplotlib_csv_and_md_are_still_written(sweep, monkeypatch):
     assert not (sweep / "summary.png").exists()
     assert (sweep / "summary.csv").exists() and (sweep / "summary.md").exists()
     assert written.notes == ["summary.png not written: matplotlib is not installed "
-                             "(pip install 'ezpz[plot]')"]
+                             "(pip install 'ezpz-hpc[plot]')"]
 
 
 # ---------------------------------------------------------------------------------------
@@ -309,3 +309,54 @@ def test_summary_files_get_the_umask_mode_and_write_errors_are_one_line(tmp_path
     with pytest.raises(EzpzError, match=r"cannot write .*missing/summary.md"):
         _write_atomic(str(tmp_path / "missing" / "summary.md"), b"x")
     assert not (tmp_path / "missing").exists()
+
+
+# ---------------------------------------------------------------------------------------
+# plots of skipped points and of labels with $; --out DIR is created
+# ---------------------------------------------------------------------------------------
+def _skipped_and_dollar_sweep(tmp_path):
+    sweep = tmp_path / "sweep"
+    values = {"/tmp/$USER/a": "ok", "/tmp/$x_{1/$b": "skipped", "/tmp/c": "failed"}
+    for num, (dst, status) in enumerate(values.items()):
+        res = fixture_results("16MiB", 1.0 + num, status=status)
+        if status == "skipped":
+            res["exit_code"], res["throughput_mb_s"] = 0, 0.0
+        make_job(sweep, num, [f"transfer.dst={dst}"], res)
+    return sweep
+
+
+def test_skipped_points_are_drawn_as_skipped_and_dollars_literally(tmp_path):
+    pytest.importorskip("matplotlib")
+    import matplotlib
+
+    from ezpz.report.plot import make_figure, point_state
+
+    sweep = _skipped_and_dollar_sweep(tmp_path)
+    summary = report.summarize(report.collect_runs([str(sweep)]))
+    assert [point_state(p) for p in summary.points] == ["timed", "skipped", "failed"]
+    with matplotlib.rc_context({"text.parse_math": False}):
+        fig = make_figure(summary)
+    left, right = fig.axes
+    legend = [t.get_text() for t in left.get_legend().get_texts()]
+    assert "skipped point (dst held it)" in legend and "failed point" in legend
+    marks = sorted(t.get_text() for t in right.texts)
+    assert marks == ["failed", "skipped"]
+    labels = [t.get_text() for t in right.get_xticklabels()]
+    assert labels == ["/tmp/$USER/a", "/tmp/$x_{1/$b", "/tmp/c"]
+    assert not any(t.get_parse_math() for t in right.get_xticklabels())
+    # the whole report renders: an unbalanced "$x_{" used to stop the plot as bad math text
+    _, written = report.build_report([str(sweep)])
+    assert str(sweep / "summary.png") in written.paths
+
+
+def test_out_dir_is_created_and_a_file_in_the_way_is_one_line(sweep, tmp_path, capsys):
+    out = tmp_path / "new" / "merged"
+    assert report_main([str(sweep), "--out", str(out), "--no-plot"]) == 0
+    assert (out / "summary.csv").is_file() and (out / "summary.md").is_file()
+    blocker = tmp_path / "blocker"
+    blocker.write_text("x")
+    capsys.readouterr()
+    assert report_main([str(sweep), "--out", str(blocker), "--no-plot"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"error: --out {blocker}: exists and is not a directory; give a directory"]
+    assert blocker.read_text() == "x"

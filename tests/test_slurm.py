@@ -334,7 +334,9 @@ def test_yeet_env_fails_naming_the_node_whose_tmp_is_read_only(slurm_cluster, si
     out = tmp_path / "nodes"
     out.mkdir()
     env = yeet_env(out, readonly_node="sim2")
-    p = slurm_cluster.salloc(3, yeet_argv(probe_archive, "transfer.timeout=60"), env=env,
+    # one attempt: a retry on sim2 alone would be its rank 0 and record over sim1's check
+    p = slurm_cluster.salloc(3, yeet_argv(probe_archive, "transfer.timeout=60",
+                                          "transfer.retries=0"), env=env,
                              cwd=tmp_path, timeout=240)
     nodes = simnodes.collect(out, 3)
     assert p.returncode != 0, slurm_cluster.explain(p)

@@ -366,6 +366,9 @@ class TransferConfig:
     #: Succeed when at least this many nodes (or this fraction) succeeded; default: all.
     min_success_nodes: Optional[int] = None
     min_success_fraction: Optional[float] = None
+    #: Deliveries again after a partial or failed one, each on the hosts that do not hold the
+    #: environment yet (nodes holding the verified tree skip).
+    retries: int = 1
 
     def __post_init__(self) -> None:
         n = parse_size(self.chunk_size, "transfer.chunk_size")
@@ -404,6 +407,8 @@ class TransferConfig:
         f = self.min_success_fraction
         if f is not None and not (0 < f <= 1):
             raise ConfigError(f"transfer.min_success_fraction: must be in (0, 1], got {f}")
+        if self.retries < 0:
+            raise ConfigError(f"transfer.retries: must be 0 or more, got {self.retries}")
 
     @property
     def chunk_bytes(self) -> int:
@@ -438,6 +443,12 @@ class EnvSpec:
     prefix: Optional[str] = None
     #: Also pack the interpreter the venv points at, when it lives outside the venv.
     bundle_python: bool = False
+    #: A venv made with --system-site-packages: pack the base's site-packages into the
+    #: archive too, so that the delivered venv no longer reads them from the base.
+    include_system_site: bool = False
+    #: Pack editable installs anyway (their code stays in the source directory, which the
+    #: nodes then read); without it an environment with editable installs is refused.
+    allow_editable: bool = False
 
 
 #: Most compression threads ``archive.threads`` may ask for.
@@ -500,6 +511,9 @@ class LaunchConfig:
     launcher: LauncherConfig = field(default_factory=LauncherConfig)
     #: The command to run on every process (or give it after ``--``).
     cmd: list[str] = field(default_factory=list)
+    #: With ``transfer.src`` set: deliver that environment to every node first and run the
+    #: command with it first on PATH (``ezpz-launch transfer.src=env.tar.zst -- python x.py``).
+    transfer: TransferConfig = field(default_factory=TransferConfig)
 
 
 def unknown_keys(data: Any, schema: type, prefix: str = "") -> list[tuple[str, str]]:

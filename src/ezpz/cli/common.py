@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import os
+import secrets
 import sys
 import traceback
 from collections.abc import Callable, Sequence
@@ -25,7 +26,13 @@ from ..launch.hosts import detect_machine
 
 CONFIG_MODULE = "ezpz.conf"
 _HYDRA_VALUE_FLAGS = {"--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd",
-                      "--info", "-i", "--experimental-rerun"}
+                      "--package", "-p", "--experimental-rerun"}
+_CFG_CHOICES = frozenset({"job", "hydra", "all"})
+_INFO_CHOICES = frozenset({"all", "config", "defaults", "defaults-tree", "plugins",
+                           "searchpath"})
+#: Hydra flags whose value is optional or one of a few words: the value, when given.
+_OPTIONAL_VALUE_FLAGS = {"--cfg": _CFG_CHOICES, "-c": _CFG_CHOICES,
+                         "--info": _INFO_CHOICES, "-i": _INFO_CHOICES}
 
 
 @dataclass
@@ -40,26 +47,30 @@ def split_argv(argv: Sequence[str]) -> SplitArgs:
     flags: list[str] = []
     overrides: list[str] = []
     multirun = False
-    it = iter(argv)
-    for arg in it:
+    args = list(argv)
+    i = 0
+    while i < len(args):
+        arg = args[i]
         if arg in ("--multirun", "-m"):
             multirun = True
             flags.append(arg)
-        elif arg in ("--cfg", "-c", "--package", "-p", "--info", "-i"):
+        elif arg in _OPTIONAL_VALUE_FLAGS:
+            # --cfg job|hydra|all, --info [what]: the value is taken only when it is one of
+            # the flag's choices (a bare --info before an override leaves the override alone)
             flags.append(arg)
-            # --cfg job|hydra|all, --package PKG, --info [what]: value follows if it is not an override
-            nxt = next(it, None)
-            if nxt is not None:
-                flags.append(nxt)
+            if i + 1 < len(args) and args[i + 1] in _OPTIONAL_VALUE_FLAGS[arg]:
+                i += 1
+                flags.append(args[i])
         elif arg in _HYDRA_VALUE_FLAGS:
             flags.append(arg)
-            nxt = next(it, None)
-            if nxt is not None:
-                flags.append(nxt)
+            if i + 1 < len(args):
+                i += 1
+                flags.append(args[i])
         elif arg.startswith("-") and "=" not in arg.split("-", 2)[-1][:1]:
             flags.append(arg)
         else:
             overrides.append(arg)
+        i += 1
     return SplitArgs(flags, overrides, multirun)
 
 
@@ -146,7 +157,8 @@ def describe_config_exception(exc: BaseException) -> str:
         inner = inner.__cause__
     kind = _choice_kind(inner)
     if kind is not None:
-        return str(choice_error(kind, getattr(inner, "value", None), str(inner.full_key)))
+        return str(choice_error(kind, getattr(inner, "value", None),
+                                str(getattr(inner, "full_key", ""))))
     full_key = getattr(inner, "full_key", None) or getattr(exc, "full_key", None)
     text = str(inner).strip().splitlines()
     reason = text[0] if text else type(inner).__name__
@@ -166,6 +178,33 @@ def _choice_kind(exc: BaseException) -> type[Choice] | None:
     return None
 
 
+# --------------------------------------------------------------------------------------
+# the run id
+# --------------------------------------------------------------------------------------
+_run_id: dict[str, str] = {}
+
+
+def new_run_id() -> str:
+    """A short random id (8 hex digits) for one run of a command."""
+    return secrets.token_hex(4)
+
+
+def current_run_id() -> str:
+    """This run's id: the last part of its run directory (``hydra.run.dir`` ends with
+    ``<time>-<id>``, so two runs started in the same second never share a directory) and what
+    ``ezpz-yeet-env`` writes into the worker's spec and gives the worker as ``--run-id``."""
+    if "id" not in _run_id:
+        _run_id["id"] = new_run_id()
+    return _run_id["id"]
+
+
+def register_run_id_resolver() -> None:
+    """``${ezpz_run_id:}`` in the config tree: the current run's id."""
+    from omegaconf import OmegaConf
+
+    OmegaConf.register_new_resolver("ezpz_run_id", current_run_id, replace=True)
+
+
 def compose(config_name: str, overrides: Sequence[str] = ()) -> Any:
     """Compose a config without running anything (tests and pre-validation)."""
     from hydra import compose as hydra_compose
@@ -175,6 +214,7 @@ def compose(config_name: str, overrides: Sequence[str] = ()) -> Any:
     from ..config import register_configs
 
     register_configs()
+    register_run_id_resolver()
     GlobalHydra.instance().clear()
     with initialize_config_module(config_module=CONFIG_MODULE, version_base=None):
         return hydra_compose(config_name=config_name, overrides=list(overrides))
@@ -310,13 +350,14 @@ def guard(func: Callable[..., int | None]) -> Callable[..., int]:
 
 
 def run_hydra(config_name: str, task: Callable[[Any], int | None], argv: list[str],
-              prog: str) -> int:
+              prog: str, log_file: bool = True) -> int:
     """Run ``task(cfg)`` as a Hydra app on ``argv`` (overrides already validated)."""
     import hydra
 
     from ..config import register_configs
 
     register_configs()
+    register_run_id_resolver()
     holder: dict[str, int] = {"rc": 0}
 
     @hydra.main(config_path=f"pkg://{CONFIG_MODULE}", config_name=config_name, version_base=None)
@@ -324,7 +365,8 @@ def run_hydra(config_name: str, task: Callable[[Any], int | None], argv: list[st
         from hydra.core.hydra_config import HydraConfig
 
         out_dir = HydraConfig.get().runtime.output_dir
-        ezlog.setup_logging(logfile=os.path.join(out_dir, f"{prog}.log") if out_dir else None)
+        ezlog.setup_logging(logfile=os.path.join(out_dir, f"{prog}.log")
+                            if out_dir and log_file else None)
         rc = task(cfg)
         holder["rc"] = max(holder["rc"], int(rc or 0))
 
@@ -348,14 +390,20 @@ def standard_main(*, prog: str, description: str, config_name: str, groups: Sequ
                   examples: Sequence[str] = (), detect: bool = True,
                   config_in_help: bool = True,
                   preflight: Callable[[Any], None] | None = None,
-                  adjust: Callable[[list[str]], list[str]] | None = None) -> int:
+                  adjust: Callable[[list[str]], list[str]] | None = None,
+                  log_file: bool = True) -> int:
     """The shared shape of every ezpz CLI: argv → one composition checked and converted to
     the schema dataclasses (a bad value: one line, exit 2, no run directory) → ``preflight``
     on those settings for a single run (the app's own checks before anything is written) →
     Hydra runs ``task``. ``adjust`` may add overrides once the machine is known (e.g. its
-    default launcher); ``config_in_help``: --help also prints the composed config."""
+    default launcher); ``config_in_help``: --help also prints the composed config;
+    ``log_file``: the log is also written to ``<run dir>/<prog>.log``."""
     args = list(sys.argv[1:] if argv is None else argv)
+    _run_id["id"] = new_run_id()  # every run of a command its own (tests run several)
     split = split_argv(args)
+    if "--version" in split.flags:
+        print(version_line(prog))
+        return 0
     overrides = split.overrides
     detected = None
     if detect:
@@ -366,9 +414,9 @@ def standard_main(*, prog: str, description: str, config_name: str, groups: Sequ
         print_help(prog, description, config_name, groups,
                    [o for o in overrides if "," not in o], examples, config_in_help)
         return 0
-    if "--hydra-help" in split.flags or "--version" in split.flags or "-sc" in split.flags \
+    if "--hydra-help" in split.flags or "-sc" in split.flags \
             or "--shell-completion" in split.flags:
-        return run_hydra(config_name, task, split.flags + overrides, prog)
+        return run_hydra(config_name, task, hydra_argv(split.flags, overrides), prog, log_file)
     try:
         settings = validate_overrides(config_name, overrides, split.multirun)
         if preflight is not None and settings is not None and not split.multirun \
@@ -382,4 +430,18 @@ def standard_main(*, prog: str, description: str, config_name: str, groups: Sequ
         overrides = with_repeat_sweep(overrides, settings)
     if detected is not None and "--cfg" not in split.flags and "-c" not in split.flags:
         ezlog.get_logger("ezpz.cli").info("machine=auto resolved to %s", detected)
-    return run_hydra(config_name, guard(task), split.flags + overrides, prog)
+    return run_hydra(config_name, guard(task), hydra_argv(split.flags, overrides), prog,
+                     log_file)
+
+
+def hydra_argv(flags: Sequence[str], overrides: Sequence[str]) -> list[str]:
+    """Hydra's command line: the overrides first, then the flags, so that a flag with an
+    optional value (``--info``) never takes an override for its value."""
+    return [*overrides, *flags]
+
+
+def version_line(prog: str) -> str:
+    """What ``--version`` prints: the command, ezpz's version and its distribution name."""
+    from .. import DIST_NAME, __version__
+
+    return f"{prog} {__version__} ({DIST_NAME})"

@@ -14,6 +14,7 @@ EXAMPLES = (
     "ezpz-tar-env env.prefix=/lus/proj/envs/myenv archive.codec=zstd archive.level=5",
     "ezpz-tar-env archive.path=/lus/proj/envs/myenv.tar.zst overwrite=true",
     "ezpz-tar-env 'exclude=[**/__pycache__]' archive.codec=gzip",
+    "ezpz-tar-env env.include_system_site=true   (a --system-site-packages venv, base included)",
 )
 
 
@@ -27,13 +28,19 @@ def task(cfg: Any) -> int:
 
 
 def preflight(settings: Any) -> None:
-    """Where the archive goes, checked before Hydra creates a run directory (a directory, a
-    file that is not an ezpz archive of the user's: one line, nothing written)."""
+    """What refuses to pack is found before Hydra creates a run directory: where the archive
+    goes (a directory, a file that is not an ezpz archive of the user's), a missing
+    env.prefix, editable installs without env.allow_editable=true. One line, nothing
+    written."""
+    from ..envkind import detect_kind
     from ..pack import resolve_output
+    from ..pack.outside import inspect, refuse_editables
     from ..pack.packer import resolve_prefix
 
-    resolve_output(settings.archive.path, resolve_prefix(settings.env.prefix),
-                   settings.archive.codec)
+    prefix = resolve_prefix(settings.env.prefix)
+    resolve_output(settings.archive.path, prefix, settings.archive.codec)
+    refuse_editables(inspect(prefix, str(detect_kind(prefix)), None, system_site=False),
+                     settings.env)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

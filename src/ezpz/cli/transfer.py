@@ -2,12 +2,14 @@
 
 Three command lines::
 
-    python -m ezpz.transfer --spec FILE [--run-dir DIR]          # how ezpz-yeet-env starts it
+    python -m ezpz.transfer --spec FILE [--run-dir DIR] [--run-id ID]   # as ezpz-yeet-env
     python -m ezpz.transfer --config-file FILE [--run-dir DIR] [key=value ...]
     python -m ezpz.transfer [hydra overrides ...]                # config 'yeet'
 
 ``--spec`` is the run's :class:`~ezpz.transfer.WorkerSpec` (JSON, written by the launcher:
 backend decided, paths absolute, sizes in bytes); ranks read it without Hydra or OmegaConf.
+With ``--run-id`` the spec must have been written by that run (its ``run_id``): a worker
+refuses, in one line with exit code 2, a spec another run wrote into a shared run directory.
 ``--config-file`` takes a YAML config of the ``yeet`` schema (e.g. a run's saved config)
 and resolves it on each rank; the last form composes with Hydra.
 """
@@ -26,8 +28,8 @@ EXAMPLES = (
     "torchrun --nnodes 2 --nproc-per-node 1 -m ezpz.transfer transfer.src=env.tar.zst",
     "python -m ezpz.transfer --spec outputs/yeet/.../worker-spec.json --run-dir outputs/yeet/...",
 )
-_USAGE = ("use --spec FILE [--run-dir DIR], or --config-file FILE [--run-dir DIR] "
-          "[key=value ...]")
+_USAGE = ("use --spec FILE [--run-dir DIR] [--run-id ID], or --config-file FILE "
+          "[--run-dir DIR] [key=value ...]")
 
 
 def _run(spec: Any, run_dir: str | None) -> int:
@@ -53,7 +55,8 @@ def _hydra_task(cfg: Any) -> int:
 
 def _parse(argv: Sequence[str]) -> tuple[dict[str, str | None], list[str]]:
     """``--spec``/``--config-file``/``--run-dir`` (``--k v`` or ``--k=v``) and overrides."""
-    opts: dict[str, str | None] = {"spec": None, "config-file": None, "run-dir": None}
+    opts: dict[str, str | None] = {"spec": None, "config-file": None, "run-dir": None,
+                                   "run-id": None}
     overrides: list[str] = []
     it = iter(argv)
     for a in it:
@@ -70,7 +73,7 @@ def _parse(argv: Sequence[str]) -> tuple[dict[str, str | None], list[str]]:
 
 
 def _load_config_file(path: str, overrides: list[str]) -> Any:
-    from omegaconf import OmegaConf
+    from omegaconf import DictConfig, OmegaConf
 
     from ..config import YeetConfig
     from .common import describe_config_exception
@@ -78,13 +81,21 @@ def _load_config_file(path: str, overrides: list[str]) -> Any:
     try:
         base = OmegaConf.structured(YeetConfig)
         loaded = OmegaConf.load(path)
-        if hasattr(loaded, "pop"):
+        if isinstance(loaded, DictConfig):
             loaded.pop("hydra", None)
         return OmegaConf.merge(base, loaded, OmegaConf.from_dotlist(overrides))
     except FileNotFoundError:
         raise ConfigError(f"--config-file: {path} does not exist") from None
     except Exception as exc:
         raise ConfigError(f"--config-file {path}: {describe_config_exception(exc)}") from exc
+
+
+def check_run_id(spec: Any, path: str, run_id: str | None) -> None:
+    """A spec written by another run than the one that started this worker is refused."""
+    if run_id is not None and spec.run_id != run_id:
+        raise ConfigError(f"--spec {path} was written by run {spec.run_id or '(none)'}, not by "
+                          f"run {run_id} that started this worker: two runs share one run "
+                          "directory; give each run its own (hydra.run.dir=...)")
 
 
 def main_files(argv: Sequence[str]) -> int:
@@ -103,7 +114,11 @@ def main_files(argv: Sequence[str]) -> int:
                 raise ConfigError(f"--spec takes no other config ({_USAGE})")
             from ..transfer import WorkerSpec
 
-            return _run(WorkerSpec.read(opts["spec"]), opts["run-dir"])
+            spec = WorkerSpec.read(opts["spec"])
+            check_run_id(spec, opts["spec"], opts["run-id"])
+            return _run(spec, opts["run-dir"])
+        if opts["run-id"]:
+            raise ConfigError(f"--run-id goes with --spec ({_USAGE})")
         if not opts["config-file"]:
             raise ConfigError(f"no config given ({_USAGE})")
         return _settings_task(_load_config_file(opts["config-file"], overrides),
@@ -114,7 +129,8 @@ def main_files(argv: Sequence[str]) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
-    if any(a.split("=", 1)[0] in ("--spec", "--config-file", "--run-dir") for a in args):
+    if any(a.split("=", 1)[0] in ("--spec", "--config-file", "--run-dir", "--run-id")
+           for a in args):
         return main_files(args)
     from .common import standard_main
 

@@ -1,11 +1,10 @@
 """Entry point ``ezpz-yeet-env``: broadcast an environment archive to every node's /tmp.
 
-One run: compose the config, check ``transfer.src`` (pack the environment first when it is
-a directory or omitted), find the job's nodes, build a launch command with one process per
-node, start ``python -m ezpz.transfer --spec <run dir>/worker-spec.json`` on every node (the
-run resolved once into a typed :class:`~ezpz.transfer.WorkerSpec`), filter the machine's log
-noise, then say how to activate the delivered environment and exit with the worker's
-status.
+One run: compose the config, then :func:`ezpz.deliver.deliver` (check ``transfer.src``,
+pack the environment first when it is a directory or omitted, one worker per node started
+with ``python -m ezpz.transfer --spec <run dir>/worker-spec.json --run-id <id>``, retries on
+the nodes that failed), then say how to activate the delivered environment and exit with
+the delivery's status.
 
 The original flags still work: ``ezpz-yeet-env --src X [--dst Y] [--d] [--chunk_size N]
 [--overwrite]`` (translated to ``transfer.*`` overrides).
@@ -20,11 +19,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..config import Backend, YeetConfig
+from ..config import YeetConfig
+from ..deliver import check_src
 from ..errors import EXIT_FAILURE, ConfigError, EzpzError
 from ..jobenv import resolve_backend
 from ..log import get_logger
-from .common import default_launcher, fail, standard_main, to_settings
+from .common import current_run_id, default_launcher, fail, standard_main, to_settings
 
 DESCRIPTION = "deliver an environment archive to node-local /tmp on every node of the job"
 EXAMPLES = (
@@ -85,43 +85,6 @@ def translate_compat(argv: Sequence[str]) -> list[str]:
 # --------------------------------------------------------------------------------------
 # the run
 # --------------------------------------------------------------------------------------
-def check_src(src: str | None) -> tuple[Path | None, Path | None]:
-    """``(archive, env_to_pack)``: an existing file is the archive; a directory (or nothing:
-    the running environment) must be packed first. A missing path is a ConfigError."""
-    if src is None:
-        return None, Path(sys.prefix)
-    path = Path(src).expanduser()
-    try:
-        path.stat()
-    except PermissionError as exc:
-        raise ConfigError(f"transfer.src: cannot read {src}: {exc.strerror} (make it and "
-                          "its directories readable, e.g. chmod a+r / a+x)") from None
-    except OSError:
-        pass  # missing: reported below
-    if path.is_dir():
-        return None, path.resolve()
-    if path.is_file():
-        return path.resolve(), None
-    if path.exists():
-        raise ConfigError(f"transfer.src: {src!r} is neither a file nor a directory")
-    raise ConfigError(f"transfer.src: {src!r} does not exist (give an archive made by "
-                      "ezpz-tar-env, an environment directory to pack, or nothing to pack "
-                      "the running environment)")
-
-
-def _pack(settings: YeetConfig, prefix: Path, dry_run: bool) -> Path:
-    from .. import pack
-
-    if dry_run:
-        out = pack.resolve_output(settings.tar_env.archive.path, prefix,
-                                  settings.tar_env.archive.codec)
-        log.info("dry run: would pack %s into %s first", prefix, out)
-        return Path(out)
-    log.info("packing %s first (transfer.src is %s)", prefix,
-             "a directory" if settings.transfer.src else "not given")
-    return Path(pack.pack(settings.tar_env, prefix=str(prefix)))
-
-
 def _run_dir() -> Path:
     try:
         from hydra.core.hydra_config import HydraConfig
@@ -133,41 +96,32 @@ def _run_dir() -> Path:
         return Path(tempfile.mkdtemp(prefix="ezpz-yeet-"))
 
 
-def worker_argv(spec_file: Path, run_dir: Path) -> list[str]:
-    return [sys.executable, "-m", "ezpz.transfer", "--spec", str(spec_file),
-            "--run-dir", str(run_dir)]
+def job_run_id() -> str:
+    """The run id written into the worker spec: the run's, plus the job number in a sweep
+    (every job of a sweep has its own directory and spec)."""
+    run_id = current_run_id()
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        hc = HydraConfig.get()
+        if hc.mode == RunMode.MULTIRUN:
+            return f"{run_id}-{hc.job.num}"
+    except Exception:  # noqa: BLE001 - called outside a Hydra run
+        pass
+    return run_id
 
 
 def task(cfg: Any) -> int:
-    from ..launch import plan_launch, run_plan
-    from ..transfer import SPEC_FILE, spec_for
+    from ..deliver import deliver
 
     settings: YeetConfig = to_settings(cfg)
-    launcher = settings.launcher
-    backend = resolve_backend(settings.transfer.backend, launcher.name)
-    archive, to_pack = check_src(settings.transfer.src)
-    run_dir = _run_dir().resolve()
-    spec_file = run_dir / SPEC_FILE
-    # Hosts, GPUs and the command are checked before anything slow (packing) happens.
-    plan = plan_launch(settings.machine, launcher, worker_argv(spec_file, run_dir),
-                       one_per_host=True, workdir=str(run_dir))
-    if backend is Backend.torch and launcher.name != "torchrun":
-        # torch.distributed without torchrun (mpiexec/srun): rendezvous on the first node.
-        plan.env.setdefault("MASTER_ADDR", "localhost" if plan.local_only else plan.hosts[0])
-        plan.env.setdefault("MASTER_PORT", str(launcher.rdzv_port))
-    if to_pack is not None:
-        archive = _pack(settings, to_pack, launcher.dry_run)
-    assert archive is not None
-    spec = spec_for(settings.transfer, machine=settings.machine, launcher=launcher.name,
-                    src=str(archive))
-    run_dir.mkdir(parents=True, exist_ok=True)
-    spec.write(str(spec_file))
-    log.info("transfer of %s with backend=%s to %d nodes; worker spec: %s", archive,
-             spec.backend, plan.topology.nhosts, spec_file)
-    rc = run_plan(plan, dry_run=launcher.dry_run)
-    if launcher.dry_run:
-        return rc
-    return _finish(run_dir, rc, archive)
+    delivery = deliver(settings.machine, settings.launcher, settings.transfer,
+                       tar_env=settings.tar_env, run_dir=_run_dir(), run_id=job_run_id(),
+                       dry_run=settings.launcher.dry_run)
+    if settings.launcher.dry_run:
+        return delivery.exit_code
+    return _finish(delivery.run_dir, delivery.launcher_rc, delivery.archive)
 
 
 def _finish(run_dir: Path, rc: int, archive: Path | None) -> int:

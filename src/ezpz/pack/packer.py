@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import signal
 import socket
 import stat
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from datetime import datetime, timezone
@@ -33,6 +35,7 @@ from ..formats import codecs
 from ..formats.manifest import BUNDLED_PYTHON_RELPATH, MANIFEST_RELPATH, Manifest, read_manifest
 from ..log import get_logger
 from ..ownership import lstat_or_none, owner_name
+from . import bundle, outside
 from . import tree as archive_tree
 from . import writer as archive
 from .sinks import default_level
@@ -280,7 +283,7 @@ class _Terminated(Exception):
     pass
 
 
-def _raise_terminated(signum, frame):
+def _raise_terminated(signum: int, frame: Any) -> None:
     raise _Terminated()
 
 
@@ -305,6 +308,8 @@ def pack(cfg: TarEnvConfig | None = None, **overrides: Any) -> Path:
                     "(no relocation metadata)", prefix)
     facts = python_facts(prefix, kind)
     bundle_root = _check_interpreter(prefix, kind, facts, cfg.env.bundle_python)
+    system_dirs = outside.check(outside.inspect(prefix, kind, facts.base_prefix), prefix,
+                                cfg.env)
 
     # The manifest of an environment that was itself unpacked from an ezpz archive is
     # replaced by the new one, never duplicated.
@@ -312,9 +317,13 @@ def pack(cfg: TarEnvConfig | None = None, **overrides: Any) -> Path:
     bundled = None
     if bundle_root is not None:
         bundled = archive_tree.walk_tree(bundle_root, f"{name}/{BUNDLED_PYTHON_RELPATH}",
-                                    record=False)
-    _check_readable(tree, bundled, cfg.skip_unreadable)
-    for special in tree.skipped_special + (bundled.skipped_special if bundled else []):
+                                         bundle.EXCLUDES, record=False)
+        bundle.log_bundle(bundle_root, bundled)
+    system = [archive_tree.walk_tree(d, f"{name}/{outside.SYSTEM_SITE_RELPATH}/{i}", excluded,
+                                     record=False) for i, d in enumerate(system_dirs)]
+    extras = ([bundled] if bundled else []) + system
+    _check_readable(tree, extras, cfg.skip_unreadable)
+    for special in tree.skipped_special + [p for t in extras for p in t.skipped_special]:
         logger.warning("skipping %s: sockets, FIFOs and devices are not packed", special)
 
     source = {
@@ -323,6 +332,7 @@ def pack(cfg: TarEnvConfig | None = None, **overrides: Any) -> Path:
         "tree": _tree_digest(tree),
         "entries": len(tree.entries),
         "bundled_tree": _tree_digest(bundled) if bundled else None,
+        "system_site": [_tree_digest(t) for t in system] or None,
         "codec": codec,
         "level": level,
         "excludes": list(cfg.exclude),
@@ -331,7 +341,23 @@ def pack(cfg: TarEnvConfig | None = None, **overrides: Any) -> Path:
     if _reusable(out, source, cfg.overwrite):
         return out
 
-    entries = tree.entries + (bundled.entries if bundled else [])
+    generated = tempfile.mkdtemp(prefix="ezpz-pack-") if system else None
+    try:
+        return _write(cfg, prefix, kind, name, out, codec, level, facts, bundle_root, source,
+                      tree.entries + [e for t in extras for e in t.entries],
+                      outside.generated_entries(generated, prefix, name, len(system)), t0)
+    finally:
+        if generated:
+            shutil.rmtree(generated, ignore_errors=True)
+
+
+def _write(cfg: TarEnvConfig, prefix: Path, kind: str, name: str, out: Path, codec: str,
+           level: int, facts: PythonFacts, bundle_root: str | None, source: dict[str, Any],
+           entries: list[archive_tree.Entry], generated: dict[str, archive_tree.Entry],
+           t0: float) -> Path:
+    if generated:  # files made for the archive take the place of the environment's own
+        entries = [generated.pop(e.relname, e) if e.relname is not None else e
+                   for e in entries] + list(generated.values())
     total = sum(e.st.st_size for e in entries if stat.S_ISREG(e.st.st_mode))
     logger.info("packing %s (%s, %d entries, %s) into %s", prefix, kind, len(entries),
                 format_size(total), out)
@@ -351,7 +377,7 @@ def pack(cfg: TarEnvConfig | None = None, **overrides: Any) -> Path:
     spill_path = out.parent / f".{out.name}.tmp2-{os.getpid()}"
     spilled: list[Any] = []
 
-    def spill():
+    def spill() -> Any:
         fh2 = open(spill_path, "xb")
         spilled.append(fh2)
         return fh2
@@ -417,7 +443,7 @@ def _check_interpreter(prefix: Path, kind: str, facts: PythonFacts,
         logger.info("env.bundle_python=true has no effect: a %s environment carries its own "
                     "interpreter", kind)
         return None
-    if not outside:
+    if not outside or base is None:
         return None
     system = os.path.realpath(base) in SYSTEM_PREFIXES
     if bundle:
@@ -437,8 +463,9 @@ def _check_interpreter(prefix: Path, kind: str, facts: PythonFacts,
     return None
 
 
-def _check_readable(tree: archive_tree.Tree, bundled: archive_tree.Tree | None, skip: bool) -> None:
-    bad = tree.unreadable + (bundled.unreadable if bundled else [])
+def _check_readable(tree: archive_tree.Tree, extras: list[archive_tree.Tree],
+                    skip: bool) -> None:
+    bad = tree.unreadable + [p for t in extras for p in t.unreadable]
     if not bad:
         return
     shown = ", ".join(bad[:5]) + (f" (+{len(bad) - 5} more)" if len(bad) > 5 else "")

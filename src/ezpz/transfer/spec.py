@@ -54,6 +54,9 @@ class WorkerSpec:
     launcher: str | None = None
     #: The user's ``transfer`` settings as given, recorded in ``results.json``.
     settings: dict[str, Any] = field(default_factory=dict)
+    #: The run that wrote this spec; the worker is started with ``--run-id`` and refuses a
+    #: spec of another run (two runs writing into one run directory).
+    run_id: str | None = None
 
     # -- building ----------------------------------------------------------------------
     @classmethod
@@ -150,8 +153,8 @@ def _check_field(name: str, value: Any, origin: str) -> Any:
         if not isinstance(value, bool):
             raise bad
         return value
-    if name in _STRS or name == "launcher":
-        if value is None and name == "launcher":
+    if name in _STRS or name in ("launcher", "run_id"):
+        if value is None and name in ("launcher", "run_id"):
             return None
         if not isinstance(value, str) or (name in ("src", "dst") and not os.path.isabs(value)):
             raise bad

@@ -28,6 +28,6 @@ def make_comm(backend: str, timeout: float, *, dist_backend: str = "gloo",
             return TorchComm(timeout, dist_backend=dist_backend, device=device)
         except ImportError as exc:
             raise TransferError(f"transfer.backend=torch needs torch ({exc}); pip install "
-                                "'ezpz[torch]' or use backend=mpi") from exc
+                                "'ezpz-hpc[torch]' or use backend=mpi") from exc
     raise TransferError(f"transfer.backend: {backend!r} is not a backend (choose mpi or torch)")
 

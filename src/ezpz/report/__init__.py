@@ -29,8 +29,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .config import format_size, parse_size
-from .errors import ConfigError, EzpzError
+from ..config import format_size, parse_size
+from ..errors import ConfigError, EzpzError
 
 RESULTS_FILE = "results.json"
 OVERRIDES_FILE = os.path.join(".hydra", "overrides.yaml")
@@ -42,7 +42,7 @@ REPEAT_KEY = "transfer.repeat_index"
 PHASES = ("read", "broadcast", "extract", "verify", "relocate")
 #: Run statuses whose timings count towards a point's medians.
 TIMED_STATUSES = ("ok", "partial")
-PLOT_HINT = "pip install 'ezpz[plot]'"
+PLOT_HINT = "pip install 'ezpz-hpc[plot]'"
 
 
 # --------------------------------------------------------------------------------------
@@ -225,12 +225,14 @@ def read_run(job_dir: str, label: str) -> Run:
     run.results = results
     run.status = results["status"]
     run.exit_code = _int(results.get("exit_code"))
-    phases = results.get("phases") if isinstance(results.get("phases"), dict) else {}
+    phases_raw = results.get("phases")
+    phases: dict[str, Any] = phases_raw if isinstance(phases_raw, dict) else {}
     run.phases = {p: _number(phases.get(p)) for p in PHASES}
     run.total_s = _number(phases.get("total"))
     run.mb_s = _number(results.get("throughput_mb_s"))
     run.nodes = _int(results.get("nodes"))
-    archive = results.get("archive") if isinstance(results.get("archive"), dict) else {}
+    archive_raw = results.get("archive")
+    archive: dict[str, Any] = archive_raw if isinstance(archive_raw, dict) else {}
     run.archive_bytes = _int(archive.get("bytes"))
     run.codec = archive.get("codec") if isinstance(archive.get("codec"), str) else None
     hosts = results.get("failed_hosts")
@@ -268,7 +270,7 @@ def find_job_dirs(root: str) -> list[str]:
     return found
 
 
-def _natural_key(name: str) -> tuple:
+def _natural_key(name: str) -> tuple[Any, ...]:
     return (0, int(name), "") if name.isdigit() else (1, 0, name)
 
 
@@ -307,7 +309,7 @@ def collect_runs(dirs: Sequence[str], require_results: bool = True) -> list[Run]
 # --------------------------------------------------------------------------------------
 # summarising
 # --------------------------------------------------------------------------------------
-def value_sort_key(value: str) -> tuple:
+def value_sort_key(value: str) -> tuple[Any, ...]:
     """Numbers and sizes (``64KiB`` < ``1MiB``) sort by magnitude, anything else by text."""
     x = _number(value)
     if x is None:
@@ -363,7 +365,7 @@ def summarize(runs: Sequence[Run], x_key: str | None = None) -> Summary:
     keys = swept_keys(runs)
     if x_key is not None and x_key not in keys:
         raise ConfigError(f"{x_key}: not a swept key (swept: {', '.join(keys) or 'none'})")
-    groups: dict[tuple, list[Run]] = {}
+    groups: dict[tuple[str, ...], list[Run]] = {}
     for r in runs:
         groups.setdefault(tuple(r.overrides.get(k, "") for k in keys), []).append(r)
     points = []
@@ -380,7 +382,7 @@ def summarize(runs: Sequence[Run], x_key: str | None = None) -> Summary:
     points.sort(key=lambda p: tuple(value_sort_key(p.values[k]) if sortable[k]
                                     else (1, 0.0, p.values[k]) for k in keys))
     candidates = [p for p in points if p.status == "ok" and p.mb_s is not None]
-    best = max(candidates, key=lambda p: p.mb_s) if candidates else None
+    best = max(candidates, key=lambda p: p.mb_s or 0.0) if candidates else None
     return Summary(keys=keys, points=points, best=best,
                    x_key=x_key or choose_x_key(keys, points))
 
@@ -501,117 +503,12 @@ def _write_atomic(path: str, data: bytes) -> None:
         raise
 
 
-# --------------------------------------------------------------------------------------
-# plotting
-# --------------------------------------------------------------------------------------
-def _x_positions(summary: Summary) -> tuple[dict[str, float], bool, list[str]]:
-    """x value per distinct x-key value, whether to use a log axis, and tick labels."""
-    key = summary.x_key
-    if key is None:
-        return {"": 0.0}, False, [""]
-    values = sorted({p.values[key] for p in summary.points}, key=value_sort_key)
-    if _numeric(values):
-        nums = [value_sort_key(v)[1] for v in values]
-        sized = any(any(c.isalpha() for c in v) for v in values)
-        log = all(n > 0 for n in nums) and (sized or (max(nums) / min(nums) >= 10))
-        return dict(zip(values, nums)), log, values
-    return {v: float(i) for i, v in enumerate(values)}, False, values
-
-
 def plot_summary(summary: Summary, path: Any, title: str = "ezpz transfer sweep") -> None:
-    """Write the summary plot as PNG to ``path`` (a file name or a binary file object).
+    """Write the summary plot as PNG to ``path`` (see :mod:`ezpz.report.plot`; needs
+    matplotlib, ImportError without it)."""
+    from .plot import plot_summary as plot
 
-    matplotlib is imported here, so it stays optional; ImportError when it is missing.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    key = summary.x_key
-    others = [k for k in summary.keys if k != key]
-    xpos, log, ticks = _x_positions(summary)
-    fig, (ax, bx) = plt.subplots(1, 2, figsize=(13, 5.2), gridspec_kw={"width_ratios": [1, 1.25]})
-
-    # Left: median throughput against the x key, one line per combination of the others.
-    series: dict[str, list[Point]] = {}
-    for p in summary.points:
-        series.setdefault(" / ".join(p.values[k] for k in others), []).append(p)
-    failed_x: list[float] = []
-    for name, pts in series.items():
-        good = [p for p in pts if p.mb_s is not None]
-        xs = [xpos[p.values[key]] if key else 0.0 for p in good]
-        ys = [p.mb_s for p in good]
-        err = [[p.mb_s - p.mb_s_min for p in good], [p.mb_s_max - p.mb_s for p in good]]
-        if good:
-            ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, linewidth=1.6,
-                        label=name or "median (bars: min–max over repeats)")
-        failed_x += [xpos[p.values[key]] if key else 0.0 for p in pts if p.mb_s is None]
-    if summary.best is not None:
-        b = summary.best
-        ax.scatter([xpos[b.values[key]] if key else 0.0], [b.mb_s], s=180, facecolors="none",
-                   edgecolors="tab:green", linewidths=2, zorder=5, label="best")
-    if failed_x:
-        ax.scatter(failed_x, [0.0] * len(failed_x), marker="x", color="tab:red", s=70,
-                   zorder=5, label="failed point")
-    if log:
-        ax.set_xscale("log", base=2 if all(v > 0 and math.log2(v).is_integer()
-                                          for v in xpos.values()) else 10)
-    ax.set_xticks(list(xpos.values()))
-    ax.set_xticklabels(ticks, rotation=30 if len(ticks) > 4 else 0, ha="right" if len(ticks) > 4 else "center")
-    ax.minorticks_off()
-    ax.set_xlabel(f"{key}" + (" (bytes, log scale)" if log and any(
-        any(c.isalpha() for c in t) for t in ticks) else "") if key else "")
-    ax.set_ylabel("throughput, median (MB/s)")
-    top = max([p.mb_s_max for p in summary.points if p.mb_s_max is not None], default=1.0)
-    ax.set_ylim(0, top * 1.15 or 1.0)
-    ax.margins(x=0.08)
-    ax.grid(True, alpha=0.3)
-    ax.set_title("Throughput (higher is better)")
-    ax.legend(fontsize=8, title=" / ".join(others) if others else None, title_fontsize=8)
-
-    # Right: median seconds per phase for every point (phases overlap in the pipeline, so
-    # they need not add up to the total, shown as a black line).
-    labels = [" / ".join(p.values[k] for k in summary.keys) or "run" for p in summary.points]
-    n = len(summary.points)
-    width = 0.8 / (len(PHASES) + 1)
-    for i, ph in enumerate(PHASES):
-        ys = [p.phases.get(ph) or 0.0 for p in summary.points]
-        bx.bar([j + (i - len(PHASES) / 2) * width for j in range(n)], ys, width, label=ph)
-    totals = [p.total_s for p in summary.points]
-    bx.scatter([j for j, t in enumerate(totals) if t is not None],
-               [t for t in totals if t is not None], marker="_", s=600, color="black",
-               linewidths=2, zorder=5, label="total (phases overlap)")
-    for j, p in enumerate(summary.points):
-        if p.total_s is None:
-            bx.text(j, 0, "failed", color="tab:red", ha="center", va="bottom", rotation=90)
-    bx.set_xticks(range(n))
-    tilt = n > 4 or len(summary.keys) > 1
-    bx.set_xticklabels(labels, rotation=30 if tilt else 0, ha="right" if tilt else "center",
-                       fontsize=8)
-    highest = max([t for t in totals if t is not None]
-                  + [v for p in summary.points for v in p.phases.values() if v is not None],
-                  default=1.0)
-    bx.set_ylim(0, highest * 1.3 or 1.0)  # room for the legend above the bars
-    bx.set_ylabel("seconds, median")
-    bx.set_xlabel(" / ".join(summary.keys) if summary.keys else "")
-    bx.set_title("Per-phase time (lower is better)")
-    bx.grid(True, axis="y", alpha=0.3)
-    bx.legend(fontsize=8, ncol=3)
-
-    runs = summary.runs
-    sizes = sorted({r.archive_bytes for r in runs if r.archive_bytes is not None})
-    sub = []
-    if _common(runs, "nodes"):
-        sub.append(f"{_common(runs, 'nodes')} node(s)")
-    if sizes:
-        sub.append("archive " + ", ".join(format_size(s) for s in sizes)
-                   + (f" {_common(runs, 'codec')}" if _common(runs, "codec") else ""))
-    sub.append(f"{len(runs)} runs")
-    fig.suptitle(f"{title}: " + ", ".join(sub))
-    fig.tight_layout()
-    fig.savefig(path, dpi=110, format="png")
-    plt.close(fig)
+    plot(summary, path, title)
 
 
 # --------------------------------------------------------------------------------------
@@ -638,7 +535,7 @@ def write_summary(summary: Summary, out_dir: str, plot: bool = True) -> Written:
         png = os.path.join(out_dir, SUMMARY_PNG)
         try:
             buf = io.BytesIO()
-            plot_summary(summary, buf)  # type: ignore[arg-type]
+            plot_summary(summary, buf)
         except ImportError:
             notes.append(f"{SUMMARY_PNG} not written: matplotlib is not installed "
                          f"({PLOT_HINT})")
@@ -660,6 +557,19 @@ def build_report(dirs: Sequence[str], out_dir: str | None = None, *, x_key: str 
         out_dir = dirs[0]
     runs = collect_runs(dirs, require_results=require_results)
     summary = summarize(runs, x_key=x_key)
-    if not os.path.isdir(out_dir):
-        raise ConfigError(f"{out_dir}: no such directory for the summary")
+    make_out_dir(out_dir)
     return summary, write_summary(summary, out_dir, plot=plot)
+
+
+def make_out_dir(out_dir: str) -> None:
+    """Create the summary's directory (and its parents) once every input has been read;
+    a path that is a file, or a directory that cannot be made, is one ConfigError."""
+    if os.path.isdir(out_dir):
+        return
+    if os.path.lexists(out_dir):
+        raise ConfigError(f"--out {out_dir}: exists and is not a directory; give a directory")
+    try:
+        os.makedirs(out_dir)
+    except OSError as exc:
+        raise ConfigError(f"--out {out_dir}: cannot create it ({exc.strerror or exc}); give "
+                          "a directory you can write") from None
