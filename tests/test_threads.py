@@ -44,3 +44,9 @@ def test_auto_is_the_cores_of_the_affinity_mask_capped():
     out = subprocess.run(["taskset", "-c", "0", sys.executable, "-c", code],
                          capture_output=True, text=True, check=True).stdout
     assert out.strip() == "1"
+
+
+def test_decoding_gets_half_the_threads_from_four_on():
+    from ezpz.extract.decode import decode_threads
+
+    assert [decode_threads(n) for n in (1, 2, 3, 4, 5, 8, 16)] == [1, 1, 1, 2, 2, 4, 8]

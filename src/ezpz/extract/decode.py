@@ -21,7 +21,7 @@ from .streams import Prepend
 #: frames of 16 MiB.
 FRAME_MAX = 64 << 20
 #: Most frames decoded at once, whatever the thread count: the memory of the decode-ahead is
-#: about (this + 2) x the frame size (16 MiB for ezpz-tar-env's frames).
+#: about (this + 1) x the frame size (16 MiB for ezpz-tar-env's frames).
 FRAMES_AHEAD_MAX = 4
 
 
@@ -32,6 +32,13 @@ def resolve_threads(count: int) -> int:
     return count if count > 0 else min(cpu_count(), EXTRACT_THREADS_AUTO)
 
 
+def decode_threads(total: int) -> int:
+    """Of ``total`` extraction threads, the ones that decode: half of them from 4 on (zstd
+    frames side by side), else one. Below 4 cores a second decoding thread only competes
+    with the parser and the writers (and costs CPU: frames decoded ahead are fresh memory)."""
+    return total // 2 if total >= 4 else 1
+
+
 class DecodeAhead:
     """The decompressed stream, decoded in its own thread ahead of the tar parser.
 
@@ -40,19 +47,20 @@ class DecodeAhead:
     them. Blocks of up to ``READ_SIZE`` bytes pass through a bounded queue (memory: ``depth``
     blocks); a decoder error is raised again in the reader, after every byte before it.
 
-    With ``threads`` > 1 (default: the cores this process may use), a zstd stream is cut at its frame boundaries (read from the frame
-    headers, :mod:`ezpz.formats.zstdframes`) and frames that declare their size (at most
+    With ``threads`` > 1 (default: :func:`decode_threads` of ``transfer.threads=auto``), a
+    zstd stream is cut at its frame boundaries (read from the frame headers,
+    :mod:`ezpz.formats.zstdframes`) and frames that declare their size (at most
     :data:`FRAME_MAX`) are decoded on up to ``threads`` threads (at most
-    :data:`FRAMES_AHEAD_MAX` frames at a time), each strictly: the whole frame, its size and
-    checksum, nothing after it. Output order is the stream's. From the first frame that does
-    not qualify (a one-stream archive's only frame, say) the rest is decoded as one stream,
-    exactly as with one thread.
+    :data:`FRAMES_AHEAD_MAX` frames at a time, one more being read), each strictly: the
+    whole frame, its size and checksum, nothing after it. Output order is the stream's. From
+    the first frame that does not qualify (a one-stream archive's only frame, say) the rest
+    is decoded as one stream, exactly as with one thread.
     """
 
     def __init__(self, raw: Any, codec: str, depth: int = 8, threads: int | None = None
                  ) -> None:
         if threads is None:
-            threads = cpu_count()
+            threads = decode_threads(resolve_threads(0))
         self._stop = threading.Event()
         self._cur: Any = b""
         self._pos = 0
@@ -63,7 +71,8 @@ class DecodeAhead:
         if codec == "zstd" and threads > 1:
             ahead = min(threads, FRAMES_AHEAD_MAX)
             self._pool = ThreadPoolExecutor(ahead, thread_name_prefix="ezpz-unzstd")
-            self._q: queue.Queue[Any] = queue.Queue(maxsize=ahead)
+            # in memory: the frames queued, the one the producer holds, the one being read
+            self._q: queue.Queue[Any] = queue.Queue(maxsize=max(1, ahead - 1))
             items = _frame_items(raw, self._pool, self._stop)
         else:
             self._q = queue.Queue(maxsize=depth)
@@ -163,19 +172,31 @@ _local = threading.local()
 
 
 def _decode_frame(frame: bytes, size: int) -> list[bytes]:
-    """One whole zstd frame declaring ``size`` bytes, decoded strictly, as blocks of at most
-    ``READ_SIZE`` (cut here, on the decoding thread, not on the parser's)."""
+    """One whole zstd frame declaring ``size`` bytes, decoded (in blocks of at most
+    ``READ_SIZE``, straight from the decoder: no large buffer, no copy) and checked: zstd
+    checks the declared size and the checksum; decoding that stops short or runs on (the
+    frame's end misjudged) is refused here."""
+    import zstandard
+
     dctx = getattr(_local, "dctx", None)
     if dctx is None:
-        import zstandard
-
         dctx = _local.dctx = zstandard.ZstdDecompressor()
-    out = dctx.decompress(frame, max_output_size=size, allow_extra_data=False)
-    if len(out) != size:  # pragma: no cover - zstd checks the declared size itself
-        raise ValueError(f"a zstd frame declared {size} bytes and held {len(out)}")
-    if size <= READ_SIZE:
-        return [out]
-    return [out[i:i + READ_SIZE] for i in range(0, size, READ_SIZE)]
+    reader = dctx.stream_reader(frame, read_size=len(frame) or 1)
+    blocks = []
+    total = 0
+    while True:
+        block = reader.read(READ_SIZE)
+        if not block:
+            break
+        total += len(block)
+        if total > size:
+            raise zstandard.ZstdError(f"a zstd frame holds more than the {size} bytes it "
+                                      "declares")
+        blocks.append(block)
+    if total != size:
+        raise zstandard.ZstdError(f"a zstd frame holds {total} of the {size} bytes it declares "
+                                  "(truncated or corrupt)")
+    return blocks
 
 
 def _frame_items(raw: Any, pool: ThreadPoolExecutor, stop: threading.Event) -> Iterator[Any]:
@@ -192,7 +213,9 @@ def _frame_items(raw: Any, pool: ThreadPoolExecutor, stop: threading.Event) -> I
             break
         if frame is not None:
             if not frame.skippable:
-                yield pool.submit(_decode_frame, bytes(buf[start:frame.end]), frame.size)
+                with memoryview(buf) as view:
+                    piece = bytes(view[start:frame.end])
+                yield pool.submit(_decode_frame, piece, frame.size)
             start = frame.end
             if start >= len(buf) // 2 and start:
                 del buf[:start]
