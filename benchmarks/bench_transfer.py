@@ -164,13 +164,29 @@ def run_floor(n: int, codec: str, path: Path) -> tuple[float, float]:
 def run_ezpz(n: int, path: Path, chunk: str, engine: str = "python",
              extra: tuple[str, ...] = (), env_extra: dict[str, str] | None = None,
              python: str = PY) -> tuple[float, float, dict]:
+    """This checkout's worker started as ezpz-yeet-env starts it (``--spec``); another
+    checkout's (``python``) with a config file it resolves itself."""
     work = Path(tempfile.mkdtemp(prefix="ezpz-bench-", dir="/var/tmp"))
     try:
-        cfg = work / "cfg.yaml"
-        cfg.write_text(f"transfer:\n  src: {json.dumps(str(path))}\n  chunk_size: {chunk}\n"
-                       f"  extractor: {engine}\n")
-        argv = [python, "-m", "ezpz.transfer", "--config-file", str(cfg), "--run-dir",
-                str(work), *extra]
+        if python == PY:
+            import yaml
+
+            from ezpz.config import TransferConfig
+            from ezpz.transfer import spec_for
+
+            given = {k.removeprefix("transfer."): yaml.safe_load(v)
+                     for k, _, v in (o.partition("=") for o in extra)}
+            spec = spec_for(TransferConfig(src=str(path), chunk_size=chunk, extractor=engine,
+                                           **given))
+            spec.write(str(work / "worker-spec.json"))
+            argv = [python, "-m", "ezpz.transfer", "--spec", str(work / "worker-spec.json"),
+                    "--run-dir", str(work)]
+        else:
+            cfg = work / "cfg.yaml"
+            cfg.write_text(f"transfer:\n  src: {json.dumps(str(path))}\n  chunk_size: {chunk}\n"
+                           f"  extractor: {engine}\n")
+            argv = [python, "-m", "ezpz.transfer", "--config-file", str(cfg), "--run-dir",
+                    str(work), *extra]
         env = dict(os.environ, EZPZ_LOG_LEVEL="WARNING", **(env_extra or {}))
         wall, cpu, _ = _sim(n, argv, env)
         return wall, cpu, json.loads((work / "results.json").read_text())
