@@ -78,11 +78,14 @@ class _ZstdSink(Sink):
         self._pos = self._start
 
     def _compress(self, data: bytes) -> bytes:
+        # compressobj releases the GIL while it works (compress() does not): frames are
+        # compressed side by side. Its size argument puts the content size in the header.
         cctx = getattr(self._local, "cctx", None)
         if cctx is None:
             cctx = self._local.cctx = self._zstd.ZstdCompressor(
                 level=self._level, write_checksum=True, write_content_size=True)
-        out: bytes = cctx.compress(data)
+        obj = cctx.compressobj(size=len(data))
+        out: bytes = obj.compress(data) + obj.flush()
         return out
 
     def _submit(self, data: bytes) -> None:
