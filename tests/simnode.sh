@@ -9,6 +9,7 @@
 #   EZPZ_SIM_ROOT=DIR     bind DIR/node<k> on /tmp instead of a fresh tmpfs (shared by a node's ranks)
 #   EZPZ_SIM_TMP_SIZE=SZ  size of the private tmpfs (default 4g)
 #   EZPZ_SIM_TMP_RO=N     mount node N's /tmp read-only (a failing node)
+#   EZPZ_SIM_TMP_AT=N:SZ  give node N a /tmp of SZ only (a node whose /tmp fills up)
 #   EZPZ_SIM_OUT=DIR      write rc.<rank> (and out.<rank> when EZPZ_SIM_CAPTURE=1) there
 #   EZPZ_SIM_CHECK=FILE   python script run inside the node after the command, before /tmp
 #                         vanishes; its stdout goes to DIR/check.<rank>
@@ -20,10 +21,14 @@ node=$((rank / ppn))
 if [ "$EZPZ_SIM_KEEP_HOSTNAME" = 1 ]; then node=$(hostname)
 elif [ -n "$SLURMD_NODENAME" ]; then hostname "$SLURMD_NODENAME"; node=$SLURMD_NODENAME
 else hostname "node$node"; node="node$node"; fi
+size=${EZPZ_SIM_TMP_SIZE:-4g}
+if [ -n "$EZPZ_SIM_TMP_AT" ] && [ "${EZPZ_SIM_TMP_AT%%:*}" = "$node" ]; then
+  size=${EZPZ_SIM_TMP_AT#*:}
+fi
 if [ -n "$EZPZ_SIM_ROOT" ]; then
   mkdir -p "$EZPZ_SIM_ROOT/$node" && mount --bind "$EZPZ_SIM_ROOT/$node" /tmp || exit 97
 else
-  mount -t tmpfs -o "size=${EZPZ_SIM_TMP_SIZE:-4g}" tmpfs /tmp || exit 97
+  mount -t tmpfs -o "size=$size" tmpfs /tmp || exit 97
 fi
 if [ -n "$EZPZ_SIM_TMP_RO" ] && [ "$EZPZ_SIM_TMP_RO" = "$node" ]; then
   mount -o remount,ro /tmp || exit 97
@@ -41,6 +46,9 @@ exec 3<&-
 for sig in HUP INT TERM USR1 USR2; do trap "kill -$sig $child 2>/dev/null" "$sig"; done
 wait "$child"; rc=$?
 while kill -0 "$child" 2>/dev/null; do wait "$child"; rc=$?; done
+# MPICH hydra tells the ranks left of a failed job with SIGUSR1 (to the process group):
+# the check below must not die of it.
+trap "" USR1
 if [ -n "$EZPZ_SIM_OUT" ]; then
   echo "$rc" >"$EZPZ_SIM_OUT/rc.$rank"
   if [ -n "$EZPZ_SIM_CHECK" ]; then

@@ -78,8 +78,9 @@ class SimRun:
 def sim_env(outdir: str | os.PathLike[str], *, ppn: int = 1, run_in_node: Sequence[Sequence[str]] = (),
             capture: bool = False, tmp_size: str | None = None, shared_root: str | None = None,
             readonly_node: str | None = None, check: bool = True,
-            base: dict[str, str] | None = None) -> dict[str, str]:
-    """Environment variables that configure simnode.sh."""
+            base: dict[str, str] | None = None, small_tmp: str | None = None
+            ) -> dict[str, str]:
+    """Environment variables that configure simnode.sh (``small_tmp``: ``node:size``)."""
     env = dict(os.environ if base is None else base)
     env.update({
         "EZPZ_SIM_OUT": str(outdir),
@@ -96,6 +97,8 @@ def sim_env(outdir: str | os.PathLike[str], *, ppn: int = 1, run_in_node: Sequen
         env["EZPZ_SIM_ROOT"] = str(shared_root)
     if readonly_node:
         env["EZPZ_SIM_TMP_RO"] = readonly_node
+    if small_tmp:
+        env["EZPZ_SIM_TMP_AT"] = small_tmp
     return env
 
 
@@ -121,15 +124,17 @@ def run_simnodes(n: int, argv: Sequence[str], *, ppn: int = 1, timeout: float = 
                  run_in_node: Sequence[Sequence[str]] = (), env: dict[str, str] | None = None,
                  tmp_size: str | None = None, shared_root: str | None = None,
                  readonly_node: str | None = None, capture: bool = True,
-                 outdir: str | None = None) -> SimRun:
+                 outdir: str | None = None, small_tmp: str | None = None,
+                 mpiexec_args: Sequence[str] = (), check: bool = True) -> SimRun:
     """Run ``argv`` on ``n`` ranks (``ppn`` ranks per simulated node) and collect each node."""
     own = outdir is None
     outdir = outdir or tempfile.mkdtemp(prefix="ezpz-sim-", dir=os.environ.get("EZPZ_SIM_DIR"))
     try:
         full_env = sim_env(outdir, ppn=ppn, run_in_node=run_in_node, capture=capture,
                            tmp_size=tmp_size, shared_root=shared_root,
-                           readonly_node=readonly_node, base=env)
-        cmd = [mpiexec_path(), "-n", str(n), SIMNODE, *argv]
+                           readonly_node=readonly_node, base=env, small_tmp=small_tmp,
+                           check=check)
+        cmd = [mpiexec_path(), *mpiexec_args, "-n", str(n), SIMNODE, *argv]
         try:
             p = subprocess.run(cmd, env=full_env, capture_output=True, text=True, timeout=timeout)
             rc, output = p.returncode, p.stdout + p.stderr

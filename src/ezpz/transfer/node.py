@@ -122,9 +122,13 @@ def check_dst_on_node(comm: Comm, spec: WorkerSpec, my: NodeStatus,
         if err:
             my.fail(err)
         return err is None
+    # one name shared by this run's leaders (rank 0's), then one token per node: a leader that
+    # finds another node's token next to dst shares the directory with it
+    run = comm.bcast_obj(secrets.token_hex(8) if comm.is_root else None)
+    stem = f".{name}.ezpz-node-{run}-"
     token = None
     if err is None:
-        token = f".{name}.ezpz-node-{secrets.token_hex(8)}"
+        token = f"{stem}{comm.node_index}"
         try:
             prepare_parent(dst)
             os.close(os.open(os.path.join(parent, token),
@@ -134,10 +138,18 @@ def check_dst_on_node(comm: Comm, spec: WorkerSpec, my: NodeStatus,
             token = None
             err = str(exc) if isinstance(exc, EzpzError) else \
                 f"cannot write next to transfer.dst in {parent}: {exc.strerror or exc}"
-    tokens = comm.allgather_leaders(token)
-    seen = [host for host, t in zip(comm.node_hosts, tokens)
-            if t and t != token and os.path.lexists(os.path.join(parent, t))]
-    comm.allgather_leaders(bool(seen))  # every leader has looked: the tokens may go
+    comm.allgather_byte(1)  # every leader has written its token
+    seen: list[str] = []
+    if token:
+        try:
+            others = [e for e in os.listdir(parent) if e.startswith(stem) and e != token]
+        except OSError:
+            others = []
+        for entry in others:
+            index = entry[len(stem):]
+            if index.isdigit() and int(index) < comm.nnodes:
+                seen.append(comm.node_hosts[int(index)])
+    comm.allgather_byte(1)  # every leader has looked: the tokens may go
     if token:
         try:
             os.unlink(os.path.join(parent, token))

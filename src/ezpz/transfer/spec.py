@@ -221,6 +221,11 @@ class NodeStatus:
     mb_s: float = 0.0
     error: str | None = None
     rss_mb: float = 0.0
+    #: Wall-clock times (s since the epoch) at which this node received the end of the
+    #: stream (``stream_end``), finished extracting (``extract_end``) and installed (``done``).
+    timeline: dict[str, float] = field(default_factory=dict)
+    #: Bytes this node received faster than it extracted them and kept in its spill file.
+    spilled: int = 0
 
     def fail(self, error: str) -> None:
         """Mark the node failed with ``error`` unless an earlier failure is already recorded."""
@@ -237,7 +242,9 @@ class NodeStatus:
 
     @classmethod
     def from_wire(cls, data: dict[str, Any]) -> NodeStatus:
-        return cls(**{**data, "status": Status(data["status"])})
+        known = {f.name for f in fields(cls)}
+        return cls(**{**{k: v for k, v in data.items() if k in known},
+                      "status": Status(data["status"])})
 
 
 @dataclass
