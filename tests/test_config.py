@@ -93,6 +93,7 @@ def test_tar_env_config_composes():
     ("machine=foo", "machine=foo: no such machine (choose one of: aurora, local, polaris, slurm, sunspot)"),
     ("launcher=nope", "launcher=nope: no such launcher (choose one of: mpiexec, srun, torchrun)"),
     ("transfer.depth=x", "transfer.depth: Value 'x' of type 'str' could not be converted to Integer"),
+    ("transfer.threads=2.5", "transfer.threads: '2.5' is not auto or a number from 1 to 256"),
     ("transfer.backend=xyz", "transfer.backend: 'xyz' is not a backend (choose auto, mpi or torch)"),
     ("transfer.overwrite=maybe", "transfer.overwrite: Value 'maybe' is not a valid bool (type str)"),
     ("machine.mpiexec_flavor=openmpi", "machine.mpiexec_flavor: 'openmpi' is not a flavour "
@@ -260,6 +261,10 @@ def test_worker_help_loads_no_heavy_module(tmp_path):
     ({"timeout": True}, r"transfer.timeout: True is not a number of seconds"),
     ({"depth": 0}, r"transfer.depth: must be 1 to 1024, got 0"),
     ({"depth": 2000}, r"transfer.depth: must be 1 to 1024, got 2000"),
+    ({"threads": "0"}, r"transfer.threads: '0' is not auto or a number from 1 to 256"),
+    ({"threads": 257}, r"transfer.threads: '257' is not auto or a number from 1 to 256"),
+    ({"threads": "-2"}, r"transfer.threads: '-2' is not auto"),
+    ({"threads": "half"}, r"transfer.threads: 'half' is not auto"),
     ({"chunk_size": "3GiB"}, r"3.0 GiB x 4 = 12.0 GiB is more than transfer.memory_budget"),
     ({"chunk_size": "1MiB", "memory_budget": "1KiB"}, r"1.0 MiB x 4 = 4.0 MiB is more than"),
     ({"memory_budget": "lots"}, r"transfer.memory_budget: 'lots' is not a size"),
@@ -283,6 +288,9 @@ def test_schema_accepts_the_edges():
     assert TransferConfig(chunk_size="64MiB", depth=4).chunk_bytes == 64 << 20
     assert TransferConfig(chunk_size="1GiB", memory_budget="4GiB").chunk_bytes == 1 << 30
     assert TransferConfig(dst="/tmp/with space/é").dst == "/tmp/with space/é"
+    assert TransferConfig(threads=256).threads_count == 256
+    assert TransferConfig(threads=" Auto ").threads == "auto"
+    assert TransferConfig().threads_count == 0  # auto: each node decides
 
 
 def test_unknown_keys_are_found_at_any_depth():

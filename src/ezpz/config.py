@@ -341,6 +341,10 @@ class TransferConfig:
     depth: int = 4
     #: What writes the checked tar stream: python (default) or tar (GNU tar through a pipe).
     extractor: Engine = Engine.python
+    #: Threads each node's extraction may use for decoding and file writes: auto (the cores
+    #: the rank may run on, from its affinity mask, at most 8) or a number (1: one decode
+    #: thread beside one writer, as before).
+    threads: str = "auto"
     #: auto (mpi, or torch under torchrun), mpi, or torch.
     backend: Backend = Backend.auto
     #: Also leave the archive file itself in dst's parent directory.
@@ -379,6 +383,8 @@ class TransferConfig:
             check_dst_path(self.dst)
         if not 1 <= self.depth <= DEPTH_MAX:
             raise ConfigError(f"transfer.depth: must be 1 to {DEPTH_MAX}, got {self.depth}")
+        self.threads = str(self.threads).strip().lower()
+        parse_threads(self.threads)  # checked here; auto is resolved on each node
         self.timeout = check_seconds(self.timeout, "transfer.timeout")
         budget = parse_size(self.memory_budget, "transfer.memory_budget")
         if n * self.depth > budget:
@@ -407,6 +413,28 @@ class TransferConfig:
     @property
     def chunk_bytes(self) -> int:
         return parse_size(self.chunk_size, "transfer.chunk_size")
+
+    @property
+    def threads_count(self) -> int:
+        """``threads`` as a number; 0 for ``auto``, which each node resolves
+        (:func:`ezpz.extract.decode.resolve_threads`)."""
+        return parse_threads(self.threads)
+
+
+#: The most threads ``transfer.threads=auto`` takes, and the most a number may ask for.
+EXTRACT_THREADS_AUTO = 8
+EXTRACT_THREADS_MAX = 256
+
+
+def parse_threads(value: Any) -> int:
+    """``transfer.threads``: ``auto`` → 0, else a number from 1 to EXTRACT_THREADS_MAX."""
+    text = str(value).strip().lower()
+    if text == "auto":
+        return 0
+    if not text.isdigit() or not 1 <= int(text) <= EXTRACT_THREADS_MAX:
+        raise ConfigError(f"transfer.threads: {value!r} is not auto or a number from 1 to "
+                          f"{EXTRACT_THREADS_MAX}")
+    return int(text)
 
 
 @dataclass

@@ -56,6 +56,10 @@ class Manifest:
     excludes: list[str] = field(default_factory=list)
     #: Free-form facts used to decide whether an existing archive is up to date.
     source: dict[str, Any] = field(default_factory=dict)
+    #: zstd archives: offsets of the body's independent frames (each decodable on its own,
+    #: with its content size), counted from the first, which follows the manifest's frame
+    #: and its padding. Empty for one-stream archives.
+    frames: list[int] = field(default_factory=list)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1, sort_keys=True)

@@ -7,13 +7,22 @@ import gzip as _gzip
 import shutil
 import struct
 import subprocess
+import threading
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
 
-from ..config import Codec
+from ..config import Codec, format_size
 from ..errors import ArchiveError
 from ..fsutil import cpu_count
 
 ZSTD_SKIPPABLE_MAGIC = 0x184D2A50
 DEFAULT_LEVELS = {Codec.zstd: 3, Codec.gzip: 6, Codec.none: 0}
+#: Input bytes of one zstd frame: each frame is decoded on its own (in parallel on the
+#: nodes), costing about 0.5% in size against one frame for a large environment.
+FRAME_BYTES = 16 << 20
+#: Most frames compressed at once (memory: about 1.3 x FRAME_BYTES per frame in flight).
+FRAME_THREADS_MAX = 32
 
 
 def default_level(codec: str) -> int:
@@ -27,6 +36,8 @@ class Sink:
 
     def __init__(self, fh) -> None:
         self._fh = fh
+        #: Offsets of independently decodable frames, counted from the first (zstd only).
+        self.frames: list[int] = []
 
     def write(self, data) -> None:
         self._fh.write(data)
@@ -39,24 +50,88 @@ class Sink:
 
 
 class _ZstdSink(Sink):
-    def __init__(self, fh, level: int, threads: int) -> None:
+    """zstd in independent frames of ``frame_bytes`` input bytes each, compressed side by
+    side on ``threads`` cores and written in order.
+
+    Each frame is a complete zstd frame with its content size and checksum: a decoder can
+    start at any of them (``frames``: their offsets, counted from the first). One stream
+    decoder reads them all as one (zstd concatenates frames). In flight: ``threads + 1``
+    frames, so memory stays at a few times ``frame_bytes`` per thread.
+    """
+
+    def __init__(self, fh: Any, level: int, threads: int, frame_bytes: int) -> None:
         import zstandard
 
-        self._zstd = zstandard
         super().__init__(fh)
-        n = threads or cpu_count()
-        self.description = f"zstd level {level}, {n} thread{'s' if n > 1 else ''}"
-        cctx = zstandard.ZstdCompressor(level=level, threads=n if n > 1 else 0,
-                                          write_checksum=True)
-        self._writer = cctx.stream_writer(fh, closefd=False)
+        n = min(threads or cpu_count(), FRAME_THREADS_MAX)
+        self.description = (f"zstd level {level}, {n} thread{'s' if n > 1 else ''}, "
+                            f"frames of {format_size(frame_bytes)}")
+        self._level = level
+        self._frame_bytes = frame_bytes
+        self._local = threading.local()
+        self._zstd = zstandard
+        self._pool = ThreadPoolExecutor(n, thread_name_prefix="ezpz-zstd") if n > 1 else None
+        self._inflight: deque[Future[bytes] | bytes] = deque()
+        self._max_inflight = n + 1
+        self._pending = bytearray()
+        self._start = fh.tell()
+        self._pos = self._start
 
-    def write(self, data) -> None:
-        self._writer.write(data)
+    def _compress(self, data: bytes) -> bytes:
+        # compressobj releases the GIL while it works (compress() does not): frames are
+        # compressed side by side. Its size argument puts the content size in the header.
+        cctx = getattr(self._local, "cctx", None)
+        if cctx is None:
+            cctx = self._local.cctx = self._zstd.ZstdCompressor(
+                level=self._level, write_checksum=True, write_content_size=True)
+        obj = cctx.compressobj(size=len(data))
+        out: bytes = obj.compress(data) + obj.flush()
+        return out
+
+    def _submit(self, data: bytes) -> None:
+        if self._pool is None:
+            self._inflight.append(self._compress(data))
+        else:
+            self._inflight.append(self._pool.submit(self._compress, data))
+        while len(self._inflight) > self._max_inflight:
+            self._emit()
+
+    def _emit(self) -> None:
+        item = self._inflight.popleft()
+        frame = item if isinstance(item, bytes) else item.result()
+        self.frames.append(self._pos - self._start)
+        self._fh.write(frame)
+        self._pos += len(frame)
+
+    def write(self, data: Any) -> None:
+        pending = self._pending
+        pending += data
+        size = self._frame_bytes
+        if len(pending) < size:
+            return
+        view = memoryview(pending)
+        full = len(pending) - len(pending) % size
+        try:
+            for i in range(0, full, size):
+                self._submit(bytes(view[i:i + size]))
+        finally:
+            view.release()
+        del pending[:full]
 
     def close(self) -> None:
-        self._writer.flush(self._zstd.FLUSH_FRAME)
-        self._writer.close()
+        if self._pending or not self.frames and not self._inflight:
+            self._submit(bytes(self._pending))
+            self._pending = bytearray()
+        while self._inflight:
+            self._emit()
+        if self._pool is not None:
+            self._pool.shutdown()
         self._fh.flush()
+
+    def abort(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+        self._inflight.clear()
 
 
 class _PigzSink(Sink):
@@ -114,15 +189,17 @@ class _GzipModuleSink(Sink):
         self._fh.flush()
 
 
-def open_sink(codec: str, fh, level: int | None = None, threads: int = 0) -> Sink:
+def open_sink(codec: str, fh, level: int | None = None, threads: int = 0,
+              frame_bytes: int | None = None) -> Sink:
     """A writer that compresses into ``fh`` at its current offset.
 
-    zstd: python-zstandard on ``threads`` cores (0 = all). gzip: ``pigz`` when it is on PATH,
-    else python-isal's threaded writer when importable, else the standard library.
+    zstd: python-zstandard on ``threads`` cores (0 = all), in independent frames of
+    ``frame_bytes`` input bytes (default :data:`FRAME_BYTES`). gzip: ``pigz`` when it is on
+    PATH, else python-isal's threaded writer when importable, else the standard library.
     """
     level = default_level(codec) if level is None else level
     if codec == "zstd":
-        return _ZstdSink(fh, level, threads)
+        return _ZstdSink(fh, level, threads, frame_bytes or FRAME_BYTES)
     if codec == "gzip":
         pigz = shutil.which("pigz")
         if pigz:

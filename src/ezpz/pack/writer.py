@@ -1,20 +1,23 @@
-"""The archive writer: the manifest's frame first, then the tree in one frame.
+"""The archive writer: the manifest's frame first, then the tree.
 
 Layout of an archive written by :func:`write_archive` (all codecs):
 
 ``<name>/.ezpz/manifest.json`` is the first tar member, then the environment's tree, then
 the end-of-archive blocks. For ``zstd`` and ``gzip`` the manifest member is compressed as its
 own frame (gzip: member) at the start of the file, followed by padding that decoders skip
-(a zstd skippable frame, or an empty gzip member carrying a comment), followed by one frame
-holding the rest of the tar stream. Every zstd/gzip decoder that reads concatenated frames
-(``zstd -d``, ``gzip -d``, ``tar -x``, python-zstandard with ``read_across_frames=True``,
-Python's ``gzip`` module) sees one plain tar stream. The split lets the tree be compressed
+(a zstd skippable frame, or an empty gzip member carrying a comment), followed by the rest
+of the tar stream: for gzip one member; for zstd independent frames of
+:data:`~ezpz.pack.sinks.FRAME_BYTES` tar bytes each, whose offsets the manifest records
+(``frames``) and which the nodes decode side by side. Every zstd/gzip decoder that reads
+concatenated frames (``zstd -d``, ``gzip -d``, ``tar -x``, python-zstandard with
+``read_across_frames=True``, Python's ``gzip`` module) sees one plain tar stream. The split lets the tree be compressed
 while it is scanned for the prefix, with the manifest written last into the space reserved
 for it; :func:`ezpz.formats.manifest.read_manifest` only decodes the first frame.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import stat
@@ -26,6 +29,7 @@ from ..formats.manifest import MANIFEST_RELPATH, Manifest, PrefixFile
 from ..formats.prefix import CHUNK
 from ..formats.tarheader import BLOCK, END_OF_ARCHIVE, member, tar_header
 from ..log import get_logger
+from ..relocate.rewrite import SKIP_SUFFIXES
 from .sinks import Sink, compress_frame, open_sink, padding
 from .tree import Entry
 
@@ -50,8 +54,10 @@ def write_body(sink: Sink, entries: Iterable[Entry], prefix: bytes | None,
                skip_unreadable: bool = False) -> BodyStats:
     """Stream the entries as tar members (and the end-of-archive blocks) into ``sink``.
 
-    Regular files are scanned for ``prefix`` while they are read; hardlinks are stored as
-    regular files, symlinks as symlinks. ``progress`` gets the uncompressed byte count of each
+    Regular files are scanned for ``prefix`` while they are read (``prefix_files``: those
+    relocation rewrites; compiled ``.pyc``/``.pyo`` files, which it leaves alone, are not
+    listed: in a large venv they are 14,000 of 14,025 and made the manifest 1.9 MB);
+    hardlinks are stored as regular files, symlinks as symlinks. ``progress`` gets the uncompressed byte count of each
     batch handed to the sink.
     """
     stats = BodyStats()
@@ -90,7 +96,7 @@ def write_body(sink: Sink, entries: Iterable[Entry], prefix: bytes | None,
                 buf = bytearray()
             stats.files += 1
             stats.total_bytes += size
-            if found and e.relname is not None:
+            if found and e.relname is not None and not e.relname.endswith(SKIP_SUFFIXES):
                 stats.prefix_files.append(PrefixFile(e.relname, "binary" if nul else "text"))
             continue
         if len(buf) >= FLUSH:
@@ -200,7 +206,7 @@ def write_archive(fh, codec: str, level: int | None, threads: int, body: Iterabl
         sink.abort()
         raise
     end = fh.seek(0, os.SEEK_END)
-    manifest = make_manifest(stats)
+    manifest = dataclasses.replace(make_manifest(stats), frames=list(sink.frames))
     if codec == "none":
         json_len = len(manifest.to_json().encode())
         hdr = len(manifest_member(manifest)) - json_len - (-json_len % BLOCK)

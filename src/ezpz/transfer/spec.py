@@ -14,7 +14,7 @@ import os
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from ..config import Backend, Engine, MachineConfig, Status, TransferConfig
+from ..config import EXTRACT_THREADS_MAX, Backend, Engine, MachineConfig, Status, TransferConfig
 from ..errors import ConfigError
 
 #: The file of the run directory ``ezpz-yeet-env`` hands to every rank.
@@ -38,6 +38,8 @@ class WorkerSpec:
     depth: int = 4
     decompress: bool = True
     engine: Engine = Engine.python
+    #: Extraction threads per node (decode and file writes); 0: auto, resolved on the node.
+    threads: int = 0
     keep_archive: bool = False
     overwrite: bool = False
     verify: bool = True
@@ -69,6 +71,7 @@ class WorkerSpec:
         return cls(src=os.path.abspath(src), dst=os.path.abspath(dst), backend=backend,
                    chunk_bytes=transfer.chunk_bytes, depth=transfer.depth,
                    decompress=transfer.decompress, engine=transfer.extractor,
+                   threads=transfer.threads_count,
                    keep_archive=transfer.keep_archive, overwrite=transfer.overwrite,
                    verify=transfer.verify, relocate=transfer.relocate,
                    timeout=float(transfer.timeout),
@@ -137,6 +140,11 @@ def _check_field(name: str, value: Any, origin: str) -> Any:
         if value not in [e.value for e in Engine]:
             raise bad
         return Engine(value)
+    if name == "threads":
+        if not isinstance(value, int) or isinstance(value, bool) or \
+                not 0 <= value <= EXTRACT_THREADS_MAX:
+            raise bad
+        return value
     if name in _INTS:
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise bad

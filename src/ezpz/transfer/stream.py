@@ -368,12 +368,13 @@ class Consumer(threading.Thread):
                 self._write_file()
             else:
                 from ..extract import SafeExtractor
-                from ..extract.decode import DecodeAhead
+                from ..extract.decode import DecodeAhead, decode_threads, resolve_threads
 
                 raw: Any = self.stream
                 if self.copy_fd is not None:
                     raw = Tee(self.stream, self.copy_fd)
-                dec = DecodeAhead(raw, self.plan.codec)
+                threads = resolve_threads(self.spec.threads)
+                dec = DecodeAhead(raw, self.plan.codec, threads=decode_threads(threads))
                 try:
                     ex = SafeExtractor(self.node.staging, engine=self.spec.engine,
                                        label=self.plan.src)

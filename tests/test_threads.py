@@ -1,0 +1,133 @@
+"""transfer.threads: checked in the schema, carried by the worker spec, resolved per node."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import shutil
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ezpz.config import EXTRACT_THREADS_AUTO, Backend, Status, TransferConfig
+from ezpz.errors import ConfigError
+from ezpz.extract.decode import resolve_threads
+from ezpz.transfer import WorkerSpec, spec_for
+
+
+def test_the_spec_carries_threads_and_auto_stays_auto(tmp_path):
+    src = tmp_path / "env.tar.zst"
+    src.write_bytes(b"x")
+    for given, carried in (("auto", 0), ("3", 3), (1, 1)):
+        spec = spec_for(TransferConfig(src=str(src), threads=given))
+        assert spec.threads == carried
+        again = WorkerSpec.from_json(spec.to_json())
+        assert again == spec
+        assert again.settings["threads"] == str(given).lower()  # as the user gave it
+
+
+@pytest.mark.parametrize("value", [-1, 300, "4", True, 2.0, None])
+def test_a_spec_with_a_bad_thread_count_is_refused(tmp_path, value):
+    spec = spec_for(TransferConfig(src=str(tmp_path / "a.tar.zst")))
+    data = spec.to_json()
+    data["threads"] = value
+    with pytest.raises(ConfigError, match=r"spec: field 'threads' has a bad value"):
+        WorkerSpec.from_json(data)
+
+
+def test_auto_is_the_cores_of_the_affinity_mask_capped():
+    assert resolve_threads(5) == 5
+    assert resolve_threads(0) == min(len(os.sched_getaffinity(0)), EXTRACT_THREADS_AUTO)
+    if not shutil.which("taskset"):
+        pytest.skip("taskset (util-linux) is not installed")
+    code = "from ezpz.extract.decode import resolve_threads; print(resolve_threads(0))"
+    out = subprocess.run(["taskset", "-c", "0", sys.executable, "-c", code],
+                         capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "1"
+
+
+def test_decoding_gets_half_the_threads_from_four_on():
+    from ezpz.extract.decode import decode_threads
+
+    assert [decode_threads(n) for n in (1, 2, 3, 4, 5, 8, 16)] == [1, 1, 1, 2, 2, 4, 8]
+
+
+# --------------------------------------------------------------------------------------
+# the transfer at every thread count (ranks as threads over LocalComm)
+# --------------------------------------------------------------------------------------
+def _snapshot(root: Path) -> dict[str, tuple]:
+    out: dict[str, tuple] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            p = os.path.join(dirpath, name)
+            st = os.lstat(p)
+            if stat.S_ISLNK(st.st_mode):
+                body: object = os.readlink(p)
+            elif stat.S_ISREG(st.st_mode):
+                body = hashlib.sha256(Path(p).read_bytes()).hexdigest()
+            else:
+                body = None
+            out[os.path.relpath(p, root)] = (stat.S_IFMT(st.st_mode), stat.S_IMODE(st.st_mode),
+                                             st.st_mtime if not stat.S_ISDIR(st.st_mode) or
+                                             name != ".ezpz" else None, body)
+    out.pop(".ezpz/installed.json", None)  # the marker records the run, not the archive
+    return out
+
+
+@pytest.fixture(scope="module")
+def framed_env(tmp_path_factory) -> Path:
+    """A real venv with data across many zstd frames, packed by ezpz-tar-env."""
+    from ezpz.pack import pack, sinks
+
+    work = tmp_path_factory.mktemp("framed")
+    env = work / "env"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(env)], check=True)
+    rnd = os.urandom(1 << 20)
+    (env / "big.bin").write_bytes(rnd * 3 + bytes(500_000))
+    for i in range(300):
+        sub = env / "pkg" / f"d{i % 7}"
+        sub.mkdir(parents=True, exist_ok=True)
+        (sub / f"m{i}.py").write_bytes(f"# {env}\n".encode() + rnd[i * 999:i * 999 + i * 40])
+        os.utime(sub / f"m{i}.py", (1_600_000_000 + i, 1_600_000_000 + i))
+    (env / "pkg" / "exe").write_text("#!/bin/sh\n")
+    (env / "pkg" / "exe").chmod(0o750)
+    (env / "pkg" / "link").symlink_to("exe")
+    old = sinks.FRAME_BYTES
+    sinks.FRAME_BYTES = 64 * 1024
+    try:
+        return pack(prefix=str(env), path=str(work / "env.tar.zst"))
+    finally:
+        sinks.FRAME_BYTES = old
+
+
+@pytest.mark.parametrize("threads", [1, 2, 4, 7, 0])
+def test_a_framed_archive_lands_the_same_at_every_thread_count(framed_env, tmp_path, threads,
+                                                              monkeypatch):
+    from ezpz.extract import decode
+    from ezpz.formats.manifest import read_manifest
+    from test_transfer_local import run_job
+
+    frames = []
+    real = decode._decode_frame
+    monkeypatch.setattr(decode, "_decode_frame", lambda f, n: frames.append(n) or real(f, n))
+
+    assert len(read_manifest(framed_env).frames) > 20
+    base = WorkerSpec(src=str(framed_env), dst=str(tmp_path / "ref" / "env"),
+                      backend=Backend.mpi, chunk_bytes=100_000, depth=2, timeout=60.0)
+    want_spec = dataclasses.replace(base, threads=1, relocate=False)
+    run_job(["a"], lambda h: want_spec, tmp_path / "r0", timeout=60)
+    want = _snapshot(tmp_path / "ref" / "env")
+    spec = dataclasses.replace(base, threads=threads, relocate=False,
+                               dst=str(tmp_path / "n" / "env"))
+    out = run_job(["a", "b"], lambda h: dataclasses.replace(spec, dst=str(tmp_path / h / "env")),
+                  tmp_path / "run", timeout=60)
+    assert out[0].status is Status.ok, out
+    for host in "ab":
+        assert _snapshot(tmp_path / host / "env") == want
+    # from 4 threads on, the frames were decoded on their own (2 nodes: every frame twice)
+    parallel = decode.decode_threads(decode.resolve_threads(threads)) > 1
+    assert (len(frames) == 2 * (len(read_manifest(framed_env).frames) + 1)) == parallel
