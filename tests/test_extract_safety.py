@@ -429,3 +429,20 @@ def test_io_archives_in_memory_work(box, engine):
     data = tb.with_tarfile([dict(name="m/f", data=b"mem")])
     extract_stream(io.BytesIO(data), str(box.dst), engine=engine, label="mem")
     assert (box.dst / "m/f").read_bytes() == b"mem"
+
+
+def test_pack_of_a_delivered_env_delivers_again(tmp_path):
+    """ezpz-tar-env leaves the install marker of a delivered env behind: the archive it makes
+    holds no reserved name and extracts."""
+    from ezpz.formats.manifest import iter_members
+    from ezpz.pack import pack
+
+    env = tmp_path / "env"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(env)], check=True)
+    (env / ".ezpz").mkdir()
+    (env / ".ezpz" / "installed.json").write_text("{}")
+    out = pack(prefix=str(env), path=str(tmp_path / "env.tar.zst"))
+    names = [m.name for m, _ in iter_members(out)]
+    assert "env/.ezpz/manifest.json" in names and "env/.ezpz/installed.json" not in names
+    extract_file(str(out), str(tmp_path / "x"))
+    assert (tmp_path / "x" / "env" / "pyvenv.cfg").exists()

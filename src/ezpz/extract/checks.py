@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from ..errors import ArchiveError
-from ..formats.manifest import BUNDLED_PYTHON_RELPATH, RESERVED_DIR
+from ..formats.manifest import BUNDLED_PYTHON_RELPATH, MANIFEST_MAX, RESERVED_DIR
 from ..formats.tarread import (
     AREGTYPE,
     BLKTYPE,
@@ -197,9 +197,10 @@ class MemberChecker:
             raise unsafe(m.name, "sparse file (not supported)")
         raise unsafe(m.name, f"unsupported member type {t.decode('latin-1')!r}")
 
-    def _reserved(self, rel: str, kind: int, member: str) -> None:
+    def _reserved(self, rel: str, kind: int, member: str, size: int) -> None:
         """ezpz's own names inside the tree (``.ezpz/`` at the top or one level down): only
-        the manifest and a bundled interpreter may come from an archive."""
+        the manifest (at most MANIFEST_MAX bytes) and a bundled interpreter may come from an
+        archive."""
         parts = rel.split("/")
         for i in (0, 1):
             if len(parts) > i and parts[i] == RESERVED_DIR:
@@ -214,6 +215,9 @@ class MemberChecker:
                     raise unsafe(member, f"{rel!r} is a name ezpz reserves for its own files "
                                          f"({RESERVED_DIR}/ may hold only manifest.json and "
                                          f"{_BUNDLED}/)")
+                if rest == ["manifest.json"] and size > MANIFEST_MAX:
+                    raise unsafe(member, f"a manifest of {size} bytes, more than the "
+                                         f"{MANIFEST_MAX >> 20} MiB ezpz reads")
 
     def _account(self, n: int, member: str) -> None:
         self._state += n
@@ -273,7 +277,7 @@ class MemberChecker:
                     raise unsafe(name, f"path longer than PATH_MAX ({PATH_MAX}) under the "
                                        "destination once the archive's symlinks are followed")
         if ".ezpz" in rel:
-            self._reserved(rel, kind, name)
+            self._reserved(rel, kind, name, m.size)
         seen = self.seen
         prev = seen.get(rel)
         replaces = False

@@ -15,16 +15,17 @@ from datetime import datetime, timezone
 from typing import Any
 
 from .. import __version__
+from ..anchored import Anchor
 from ..config import Choice, format_size
 from ..errors import TransferError
+from ..formats.manifest import MARKER_RELPATH, RESERVED_DIR
 from ..fsutil import free_bytes, remove
 from ..log import get_logger
 from .spec import Plan, WorkerSpec
 
 log = get_logger(__name__)
 
-#: The marker ezpz writes into every tree it installs (file mode: next to the file).
-MARKER_RELPATH = ".ezpz/installed.json"
+__all__ = ["MARKER_RELPATH", "Action", "NodeInstall"]
 
 
 class Action(Choice):
@@ -155,67 +156,56 @@ class NodeInstall:
 
     # -- install -----------------------------------------------------------------------
     def install(self, tree: str, digest: str) -> None:
-        """Write the marker into ``tree`` and rename it to dst (replacing an old dst)."""
+        """Write the marker into ``tree`` and rename it to dst (replacing an old dst).
+
+        Every step is anchored (:mod:`ezpz.anchored`): the marker is created under the
+        tree's own ``.ezpz/`` (a symlink there, or at any parent, is refused, never
+        followed) and renamed into place; the renames and removals name entries of dst's
+        parent directory, opened once.
+        """
         mark = self.marker(digest)
-        if self.file_mode:
-            tmp_mark = self.marker_path + f".{os.getpid()}"
-            with open(tmp_mark, "w") as fh:
-                json.dump(mark, fh)
-            self.cleanup_paths.append(tmp_mark)
-        else:
-            os.makedirs(os.path.join(tree, ".ezpz"), exist_ok=True)
-            with open(os.path.join(tree, MARKER_RELPATH), "w") as fh:
-                json.dump(mark, fh, indent=1)
-        old = None
-        if os.path.lexists(self.dst):
-            if _exchange(tree, self.dst):
-                # one atomic step: dst is never missing; the previous version is now at `tree`
-                old = tree
+        with Anchor(self.parent) as parent:
+            rel_tree = os.path.relpath(tree, self.parent)
+            if self.file_mode:
+                tmp_mark = parent.temp_name(os.path.basename(self.marker_path))
+                self.cleanup_paths.append(os.path.join(self.parent, tmp_mark))
+                fd = parent.open(tmp_mark, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+                with os.fdopen(fd, "w") as fh:
+                    json.dump(mark, fh)
             else:
-                old = os.path.join(self.parent, f".{self.name}.ezpz-old-{os.getpid()}")
-                os.rename(self.dst, old)
-                try:
-                    os.rename(tree, self.dst)
-                except OSError:
-                    os.rename(old, self.dst)  # put the previous version back
-                    raise
-        else:
-            os.rename(tree, self.dst)
-        if self.file_mode:
-            os.replace(tmp_mark, self.marker_path)
-        if old:
-            remove(old)
-        if self.archive_copy:
-            os.replace(self.archive_copy, os.path.join(self.parent, os.path.basename(self.plan.src)))
-        if os.path.isdir(self.staging):
-            remove(self.staging)
+                with Anchor(tree, fd=parent.opendir(rel_tree, path_only=False)) as t:
+                    t.makedirs(RESERVED_DIR)
+                    t.write_file(MARKER_RELPATH, json.dumps(mark, indent=1).encode(), 0o644)
+            old = None
+            if parent.kind(self.name) is not None:
+                if parent.rename(rel_tree, self.name, exchange=True):
+                    # one atomic step: dst is never missing; the previous version is now at tree
+                    old = rel_tree
+                else:
+                    old = f".{self.name}.ezpz-old-{os.getpid()}"
+                    parent.rename(self.name, old)
+                    try:
+                        parent.rename(rel_tree, self.name)
+                    except OSError:
+                        parent.rename(old, self.name)  # put the previous version back
+                        raise
+            else:
+                parent.rename(rel_tree, self.name)
+            if self.file_mode:
+                parent.rename(tmp_mark, os.path.basename(self.marker_path))
+            if old:
+                parent.remove(old)
+            if self.archive_copy:
+                os.replace(self.archive_copy,
+                           os.path.join(self.parent, os.path.basename(self.plan.src)))
+            staging = os.path.basename(self.staging)
+            if parent.kind(staging) == "dir":
+                parent.remove(staging)
         self.cleanup_paths.clear()
 
     def cleanup(self) -> None:
+        """Remove what this transfer left next to dst (staging tree, partial copies):
+        iteratively, never following a symlink."""
         for path in self.cleanup_paths:
             remove(path)
         self.cleanup_paths.clear()
-
-
-_RENAME_EXCHANGE = 2
-_AT_FDCWD = -100
-
-
-def _exchange(a: str, b: str) -> bool:
-    """Swap the paths ``a`` and ``b`` atomically (Linux renameat2 RENAME_EXCHANGE).
-
-    False where the kernel, libc or filesystem cannot (the caller then renames in two steps).
-    """
-    import ctypes
-
-    try:
-        fn = ctypes.CDLL(None, use_errno=True).renameat2
-    except (OSError, AttributeError):
-        return False
-    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-    if fn(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
-        return True
-    err = ctypes.get_errno()
-    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP):
-        return False
-    raise OSError(err, os.strerror(err), b)
