@@ -446,3 +446,27 @@ def test_pack_of_a_delivered_env_delivers_again(tmp_path):
     assert "env/.ezpz/manifest.json" in names and "env/.ezpz/installed.json" not in names
     extract_file(str(out), str(tmp_path / "x"))
     assert (tmp_path / "x" / "env" / "pyvenv.cfg").exists()
+
+
+@pytest.mark.parametrize("cut", ["inside-skippable", "inside-skippable-header", "complete"])
+def test_trailing_zstd_skippable_frame_cut_short_is_truncation(box, engine, cut):
+    """zstd decoders accept a stream whose trailing skippable frame is cut short; ezpz follows
+    the frame structure and calls it what it is, a truncated archive."""
+    import struct
+
+    import zstandard
+
+    tar = tb.with_tarfile([dict(name="f", data=b"x" * 3000)])
+    skip = struct.pack("<II", 0x184D2A50, 4096) + bytes(4096)
+    data = zstandard.ZstdCompressor(write_checksum=True).compress(tar) + \
+        {"inside-skippable": skip[:1000], "inside-skippable-header": skip[:5],
+         "complete": skip}[cut]
+    path = box.root.parent / "a.tar.zst"
+    path.write_bytes(data)
+    if cut == "complete":
+        extract_file(str(path), str(box.dst), engine=engine)
+        assert (box.dst / "f").read_bytes() == b"x" * 3000
+        return
+    with pytest.raises(ArchiveError, match="corrupt or truncated zstd data"):
+        extract_file(str(path), str(box.dst), engine=engine)
+    box.intact()

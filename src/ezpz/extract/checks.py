@@ -246,26 +246,26 @@ class MemberChecker:
     # -- the check -----------------------------------------------------------------------
     def check(self, m: Member) -> Accepted:
         """How to write the member, or ArchiveError naming it."""
-        name = m.name
-        typ = m.type
+        name, typ, mode, msize, mtime, _link, _off, _data, sparse = m
         parts = name.split("/")
         if ("" in parts or "." in parts or ".." in parts or "\x00" in name or name[0] == "\\"
                 or not name.isascii() or len(name) > NAME_MAX
                 or self._dest_len + 1 + len(name) >= PATH_MAX):
+            # anything but a plain short ASCII path: the full rules (and the "./" member)
             parts = self._components(name, root_ok=typ == DIRTYPE)
             if not parts:  # the destination itself: its mode and mtime come from here
                 self.has_root = True  # and the archive's entries are its contents
-                return _new(Accepted, (ROOT, "", "", "", m.mode & ~DROP_BITS, m.mtime, 0, "",
+                return _new(Accepted, (ROOT, "", "", "", mode & ~DROP_BITS, mtime, 0, "",
                                        False, (), name))
             clean = "/".join(parts)
         else:
             clean = name
         kind = _KINDS.get(typ)
-        if kind is None or m.sparse:
+        if kind is None or sparse:
             self._check_type(m)
             raise AssertionError("unreachable")  # pragma: no cover
-        if m.size and kind != FILE:
-            raise unsafe(name, f"a {KIND_NAMES[kind]} that declares {m.size} bytes of data")
+        if msize and kind != FILE:
+            raise unsafe(name, f"a {KIND_NAMES[kind]} that declares {msize} bytes of data")
         pstr, _, leaf = clean.rpartition("/")
         rel = clean
         if pstr and self.symlinks:
@@ -277,7 +277,7 @@ class MemberChecker:
                     raise unsafe(name, f"path longer than PATH_MAX ({PATH_MAX}) under the "
                                        "destination once the archive's symlinks are followed")
         if ".ezpz" in rel:
-            self._reserved(rel, kind, name, m.size)
+            self._reserved(rel, kind, name, msize)
         seen = self.seen
         prev = seen.get(rel)
         replaces = False
@@ -297,7 +297,7 @@ class MemberChecker:
         target = ""
         size = 0
         if kind == FILE:
-            size = m.size
+            size = msize
             self.declared += size
             if self.free is not None and self.declared > self.free:
                 raise self._no_space(name, size)
@@ -325,7 +325,7 @@ class MemberChecker:
             self._many_tops = True
         elif not slash and kind != DIR:
             self._top_dir = False
-        return _new(Accepted, (kind, rel, pstr, leaf, m.mode & ~DROP_BITS, m.mtime, size,
+        return _new(Accepted, (kind, rel, pstr, leaf, mode & ~DROP_BITS, mtime, size,
                                target, replaces, implied, name))
 
     def _link_target(self, m: Member, rel: str) -> str:

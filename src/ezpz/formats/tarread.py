@@ -56,9 +56,10 @@ _NO_DATA = frozenset((LNKTYPE, SYMTYPE, CHRTYPE, BLKTYPE, DIRTYPE, FIFOTYPE))
 _REGULAR = frozenset((REGTYPE, AREGTYPE, CONTTYPE))
 
 _HEADER = struct.Struct("100s8s8s8s12s12s8sc100s8s32s32s8s8s155s12x")
-#: The common header, read in one call: name, mode, size, mtime, checksum (digits only: their
-#: terminators are checked apart), type, link name, magic.
-_PLAIN = struct.Struct("100s7sx16x11sx11sx6s2xc100s8s")
+#: The common header, read in one call: name, mode, the byte after it, size, the byte after
+#: it, mtime, the byte after it, checksum digits, the two bytes after them, type, link name,
+#: magic.
+_PLAIN = struct.Struct("100s7sB16x11sB11sB6sBBc100s8s")
 _PLAIN_TYPES = frozenset((REGTYPE, DIRTYPE, SYMTYPE, LNKTYPE, PAXTYPE))
 _POSIX_MAGIC = b"ustar\x0000"
 _PAX_MTIME = re.compile(rb"-?[0-9]{1,20}(?:\.[0-9]*)?\Z")
@@ -467,12 +468,15 @@ def _plain(buf: Any, i: int) -> _Fields | None:
     symlink, hardlink or pax header; octal numbers of full width ending in NUL; no ustar
     prefix; a valid unsigned checksum): (name, type, mode, size, mtime, link name), the same
     values :meth:`TarReader._fields` gives; None for anything else."""
-    name, mode, size_f, mtime_f, chksum, typ, link, magic = _PLAIN.unpack_from(buf, i)
-    if (typ in _PLAIN_TYPES and mode.isdigit() and size_f.isdigit() and mtime_f.isdigit()
-            and chksum.isdigit() and not (buf[i + 107] | buf[i + 135] | buf[i + 147] | buf[i + 154])
+    (name, mode, mode_end, size_f, size_end, mtime_f, mtime_end, chksum, chk_end, chk_last, typ,
+     link, magic) = _PLAIN.unpack_from(buf, i)
+    if (typ in _PLAIN_TYPES and not (mode_end | size_end | mtime_end | chk_end)
+            and mode.isdigit() and size_f.isdigit() and mtime_f.isdigit() and chksum.isdigit()
             and (magic != _POSIX_MAGIC or not buf[i + 345])):
         try:  # int() refuses the digits 8 and 9
-            if int(chksum, 8) == _block_sum(buf, i) - sum(chksum) - buf[i + 155] + 256:
+            total = ((zlib.adler32(buf[i:i + 256]) & 0xFFFF)
+                     + (zlib.adler32(buf[i + 256:i + BLOCK]) & 0xFFFF) - 2)
+            if int(chksum, 8) == total - sum(chksum) - chk_last + 256:
                 return name, typ, int(mode, 8), int(size_f, 8), int(mtime_f, 8), link
         except ValueError:
             pass
