@@ -51,8 +51,11 @@ def victim_intact(node) -> None:
 
 def go(run_nodes, python, tmp_path, src, variant, **kw):
     engine, env = VARIANTS[variant]
-    return run(run_nodes, python, 2, tmp_path, src=str(src), extractor=engine, env=env,
-               timeout=kw.pop("timeout", 90), **kw)
+    res, results = run(run_nodes, python, 2, tmp_path, src=str(src), extractor=engine,
+                       env=env, timeout=kw.pop("timeout", 90), **kw)
+    for n in res.nodes:
+        assert "Traceback" not in n.output, n.output
+    return res, results
 
 
 @pytest.fixture(params=sorted(VARIANTS))
@@ -160,6 +163,7 @@ def test_gigabyte_fields_refused_within_the_memory_budget(run_nodes, python, tmp
     src.write_bytes(data + bytes(-len(data) % 512) + tb.end())
     res, results = run(run_nodes, python, 2, tmp_path, src=str(src), timeout=90)
     assert res.returncode != 0
+    assert not [n for n in res.nodes if "Traceback" in n.output]
     for p in results["per_node"]:
         assert "ezpz accepts" in p["error"] or "ezpz reads" in p["error"], p["error"]
         assert p["rss_mb"] < 300, p
