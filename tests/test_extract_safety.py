@@ -470,3 +470,24 @@ def test_trailing_zstd_skippable_frame_cut_short_is_truncation(box, engine, cut)
     with pytest.raises(ArchiveError, match="corrupt or truncated zstd data"):
         extract_file(str(path), str(box.dst), engine=engine)
     box.intact()
+
+
+@pytest.mark.parametrize("variant", ["python", "python-no-c"])
+def test_a_non_empty_destination(box, monkeypatch, variant):
+    """The python engine into a directory that holds entries already: a file at a member's
+    path is replaced (the C writer hands it back to Python), a directory there is refused in
+    one line naming the member, a symlink there is replaced, never written through."""
+    if variant == "python-no-c":
+        monkeypatch.setenv("EZPZ_EXTRACT_C", "0")
+    (box.dst / "d").mkdir()
+    (box.dst / "d" / "f").write_text("old")
+    os.symlink(box.outside / "canary", box.dst / "d" / "l")
+    extract(box, tb.with_tarfile([dict(name="d/f", data=b"new"), dict(name="d/l", data=b"n")]),
+            "python")
+    assert (box.dst / "d" / "f").read_bytes() == b"new"
+    assert (box.dst / "d" / "l").read_bytes() == b"n" and not (box.dst / "d" / "l").is_symlink()
+    (box.dst / "d" / "sub").mkdir()
+    (box.dst / "d" / "sub" / "x").write_text("x")
+    msg = refused(box, tb.with_tarfile([dict(name="d/sub", data=b"file")]), "python",
+                  "cannot write member 'd/sub'")
+    assert "\n" not in msg and (box.dst / "d" / "sub" / "x").exists()

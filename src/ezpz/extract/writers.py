@@ -56,26 +56,26 @@ class PythonWriter:
 
     # -- members -------------------------------------------------------------------------
     def put(self, a: Accepted, reader: TarReader) -> None:
-        if a.implied:
-            for d in a.implied:
+        kind, _rel, parent, leaf, mode, mtime, size, _target, replaces, implied, name = a
+        if implied:
+            for d in implied:
                 self._mkdir(d)
-        kind = a.kind
         if kind == FILE:
-            if self._fast is not None and not a.replaces:
+            if self._fast is not None and not replaces:
                 if self._batch and reader.blocks != self._block:
                     self.flush()  # hold views of one decoded block at a time
                 view = reader.data_view()
                 if view is not None:
                     self._block = reader.blocks
-                    self._batch.append((self.dirs.get(a.parent),
-                                        a.leaf.encode(_FS_ENCODING, _FS_ERRORS), a.mode,
-                                        a.mtime, view))
-                    self._names.append(a.name)
-                    self._batch_bytes += a.size
+                    self._batch.append((self.dirs.get(parent),
+                                        leaf.encode(_FS_ENCODING, _FS_ERRORS), mode, mtime,
+                                        view))
+                    self._names.append(name)
+                    self._batch_bytes += size
                     if len(self._batch) >= BATCH_FILES or self._batch_bytes >= BATCH_BYTES:
                         self.flush()
                     return
-            if a.replaces:
+            if replaces:
                 self.flush()
                 self._unlink(a)
             self._file(a, reader)
