@@ -4,8 +4,10 @@ Everything goes through the anchored API (:mod:`ezpz.anchored`): each member is 
 its last component under a descriptor of its parent directory, which was resolved beneath
 the destination without following any symlink; files are created ``O_EXCL | O_NOFOLLOW``,
 so nothing is ever written through a link. Regular files whose data lies whole in the
-decoded block are handed to the C writer (``ezpz.extract._fastx``) in batches, written with
-the GIL released; everything else is written here. Directories are created writable
+decoded block are handed to the C writer (``ezpz.extract._fastx``) in batches, written by a
+thread of their own with the GIL released while the next members are read and checked;
+everything else is written here, after the batches it could depend on (same path, a
+hardlink's file) were written. Directories are created writable
 (0700) and get their own mode and mtime at the end, deepest first, as GNU tar does.
 """
 
@@ -13,7 +15,9 @@ from __future__ import annotations
 
 import errno
 import os
+import queue
 import sys
+import threading
 from typing import Any
 
 from ..anchored import Anchor, DirCache
@@ -51,6 +55,7 @@ class PythonWriter:
         self._names: list[str] = []
         self._batch_bytes = 0
         self._block = -1
+        self._thread: _BatchWriter | None = None
         self._dir_meta: dict[str, tuple[int, int]] = {}
         self._root_meta: tuple[int, int] | None = None
 
@@ -76,19 +81,19 @@ class PythonWriter:
                         self.flush()
                     return
             if replaces:
-                self.flush()
+                self.sync()  # what is there may still be in a batch
                 self._unlink(a)
             self._file(a, reader)
         elif kind == DIR:
             if a.replaces:
-                self.flush()
+                self.sync()
                 self._unlink(a)
             self._mkdir(a.rel)
             self._dir_meta[a.rel] = (a.mode, a.mtime)
         elif kind == SYMLINK:
             pfd = self.dirs.get(a.parent)
             if a.replaces:
-                self.flush()
+                self.sync()
                 self._unlink(a)
             os.symlink(a.target, a.leaf, dir_fd=pfd)
             try:
@@ -96,7 +101,7 @@ class PythonWriter:
             except OSError:  # pragma: no cover - filesystems without lutimes
                 pass
         elif kind == HARDLINK:
-            self.flush()  # the linked file may be in the batch
+            self.sync()  # the linked file may be in a batch
             if a.replaces:
                 self._unlink(a)
             thead, _, tleaf = a.target.rpartition("/")
@@ -113,8 +118,8 @@ class PythonWriter:
         except FileExistsError:
             pass  # a directory again (the checks allow only that): it is reused
         self.dirs.add(rel, os.open(leaf, _DIR_PATH, dir_fd=pfd))
-        if self.dirs.retired > 64:  # descriptors evicted from the cache: close them (a
-            self.flush()  # batch holds at most BATCH_FILES others between two flushes)
+        if self.dirs.retired > 64:  # descriptors evicted from the cache: close them once no
+            self.sync()  # batch uses them any more
 
     def _unlink(self, a: Accepted) -> None:
         """Remove what an earlier member of this archive left at ``a.rel`` (never a
@@ -149,42 +154,27 @@ class PythonWriter:
 
     # -- the C writer ----------------------------------------------------------------------
     def flush(self) -> None:
-        """Write the batch of files waiting for the C writer."""
-        batch = self._batch
-        start = 0
-        umask = -1 if self._umask is None else self._umask
-        while start < len(batch):
-            part = batch[start:] if start else batch
-            done, err = self._fast.write_files(part, umask)
-            self.report.fast_members += done
-            start += done
-            if not err:
-                break
-            if err != errno.EEXIST:
-                name = self._names[start]
-                self._clear()
-                raise WriteError(err, name)
-            # the destination held this path before: Python replaces it, C goes on
-            dirfd, leaf, mode, mtime, view = batch[start]
-            head = _Record(dirfd, leaf, mode, mtime, self._names[start])
-            try:
-                os.unlink(leaf, dir_fd=dirfd)
-            except OSError as exc:
-                raise WriteError(exc.errno or errno.EIO, head.name) from None
-            head.write(view)
-            start += 1
-        self._clear()
+        """Hand the batch of files waiting for the C writer to its thread."""
+        if self._batch:
+            if self._thread is None:
+                self._thread = _BatchWriter(self._fast, self._umask, self.report)
+            self._thread.submit(self._batch, self._names)
+            self._batch = []
+            self._names = []
+            self._batch_bytes = 0
 
-    def _clear(self) -> None:
-        self._batch = []
-        self._names = []
-        self._batch_bytes = 0
+    def sync(self) -> None:
+        """Wait until every batch is written (raising the first failure), then close the
+        directory descriptors evicted meanwhile."""
+        self.flush()
+        if self._thread is not None:
+            self._thread.sync()
         self.dirs.release()
 
     # -- the end -------------------------------------------------------------------------
     def finish(self) -> None:
         """Write what waits, then give directories their modes and mtimes, deepest first."""
-        self.flush()
+        self.sync()
         for rel in sorted(self._dir_meta, key=lambda r: r.count("/"), reverse=True):
             mode, mtime = self._dir_meta[rel]
             self.root.set_meta(rel, mode, mtime)
@@ -194,8 +184,87 @@ class PythonWriter:
             os.utime(self.root.fd, (mtime, mtime))
 
     def close(self) -> None:
+        """Stop the batch writer (what waits is dropped), then close the descriptors."""
         self._batch = []
+        if self._thread is not None:
+            self._thread.stop()
         self.dirs.close()
+
+
+class _BatchWriter:
+    """The C writer in a thread of its own: batches are written (GIL released) while the
+    extraction thread reads and checks the next members. At most ``DEPTH`` batches wait;
+    the first failure is raised by the next ``submit`` or ``sync``."""
+
+    DEPTH = 2
+
+    def __init__(self, fast: Any, umask: int | None, report: ExtractReport) -> None:
+        self._fast = fast
+        self._umask = -1 if umask is None else umask
+        self._report = report
+        self._q: queue.Queue[Any] = queue.Queue(maxsize=self.DEPTH)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="ezpz-write", daemon=True)
+        self._thread.start()
+
+    def submit(self, batch: list[tuple[int, bytes, int, int, memoryview]],
+               names: list[str]) -> None:
+        self._raise()
+        self._q.put((batch, names))
+
+    def sync(self) -> None:
+        self._q.join()
+        self._raise()
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            exc, self._error = self._error, None
+            raise exc
+
+    def stop(self) -> None:
+        while True:  # drop what waits, then let the thread end
+            try:
+                self._q.get_nowait()
+                self._q.task_done()
+            except queue.Empty:
+                break
+        self._q.put(None)
+        self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            item = self._q.get()
+            try:
+                if item is None:
+                    return
+                if self._error is None:
+                    self._write(*item)
+            except BaseException as exc:  # noqa: BLE001 - raised in the extraction thread
+                self._error = exc
+            finally:
+                self._q.task_done()
+
+    def _write(self, batch: list[tuple[int, bytes, int, int, memoryview]],
+               names: list[str]) -> None:
+        start = 0
+        while start < len(batch):
+            part = batch[start:] if start else batch
+            done, err = self._fast.write_files(part, self._umask)
+            self._report.fast_members += done
+            start += done
+            if not err:
+                return
+            if err != errno.EEXIST:
+                raise WriteError(err, names[start])
+            # the destination held this path before: Python replaces it, C goes on
+            dirfd, leaf, mode, mtime, view = batch[start]
+            head = _Record(dirfd, leaf, mode, mtime, names[start])
+            try:
+                os.unlink(leaf, dir_fd=dirfd)
+            except OSError as exc:
+                raise WriteError(exc.errno or errno.EIO, head.name) from None
+            head.write(view)
+            start += 1
 
 
 class _Record:
