@@ -114,9 +114,19 @@ class MemberChecker:
         self.symlinks: dict[str, str] = {}
         self._resolved: dict[str, str] = {}  # parent dir -> resolved; reset with symlinks
         self.has_root = False  # a "./" member: the archive holds the contents of one directory
+        # the parent of the last clean member, and where it resolved to (siblings that follow
+        # share them); forgotten whenever the archive's symlinks change
+        self._last_parent: str | None = None
+        self._last_resolved: str | None = None  # None: the parent resolves to itself
         self._top: str | None = None
+        self._top_prefix = "\0"  # the top and a slash: members below it (none yet)
         self._top_dir = True
         self._many_tops = False
+        #: Members accepted, by kind (FILE, DIR, SYMLINK, HARDLINK, ROOT); file bytes; members
+        #: whose setuid/setgid bits were dropped.
+        self.counts = [0, 0, 0, 0, 0]
+        self.file_bytes = 0
+        self.dropped_bits = 0
         self._state = 0
         self._dest_len = len(os.fsencode(self.dest))
 
@@ -247,35 +257,56 @@ class MemberChecker:
     def check(self, m: Member) -> Accepted:
         """How to write the member, or ArchiveError naming it."""
         name, typ, mode, msize, mtime, _link, _off, _data, sparse = m
-        parts = name.split("/")
-        if ("" in parts or "." in parts or ".." in parts or "\x00" in name or name[0] == "\\"
-                or not name.isascii() or len(name) > NAME_MAX
-                or self._dest_len + 1 + len(name) >= PATH_MAX):
-            # anything but a plain short ASCII path: the full rules (and the "./" member)
-            parts = self._components(name, root_ok=typ == DIRTYPE)
-            if not parts:  # the destination itself: its mode and mtime come from here
-                self.has_root = True  # and the archive's entries are its contents
-                return _new(Accepted, (ROOT, "", "", "", mode & ~DROP_BITS, mtime, 0, "",
-                                       False, (), name))
-            clean = "/".join(parts)
+        raw_parent, _, leaf = name.rpartition("/")
+        if (raw_parent and raw_parent == self._last_parent and leaf and leaf[0] != "."
+                and "\x00" not in leaf and leaf.isascii() and len(leaf) <= NAME_MAX
+                and self._dest_len + 1 + len(name) < PATH_MAX):
+            # a sibling of the previous member: its parent passed every rule already, is a
+            # directory, and resolves as before (no symlink of the archive changed since)
+            if self._last_resolved is None:  # it resolves to itself
+                pstr, rel = raw_parent, name
+            else:
+                pstr = self._last_resolved
+                rel = f"{pstr}/{leaf}" if pstr else leaf
+                if self._dest_len + 2 + len(rel) >= PATH_MAX:
+                    raise unsafe(name, f"path longer than PATH_MAX ({PATH_MAX}) under the "
+                                       "destination once the archive's symlinks are followed")
+            sibling = True
         else:
-            clean = name
+            sibling = False
+            parts = name.split("/")
+            if ("" in parts or "." in parts or ".." in parts or "\x00" in name
+                    or name[0] == "\\" or not name.isascii() or len(name) > NAME_MAX
+                    or self._dest_len + 1 + len(name) >= PATH_MAX):
+                # anything but a plain short ASCII path: the full rules (and "./")
+                parts = self._components(name, root_ok=typ == DIRTYPE)
+                if not parts:  # the destination itself: its mode and mtime come from here
+                    self.has_root = True  # and the archive's entries are its contents
+                    self.counts[ROOT] += 1
+                    if mode & DROP_BITS:
+                        self.dropped_bits += 1
+                    return _new(Accepted, (ROOT, "", "", "", mode & ~DROP_BITS, mtime, 0, "",
+                                           False, (), name))
+                clean = "/".join(parts)
+            else:
+                clean = name
+            pstr, _, leaf = clean.rpartition("/")
+            rel = clean
+            if pstr and self.symlinks:
+                resolved = self._resolve(pstr, name)
+                if resolved != pstr:
+                    pstr = resolved
+                    rel = f"{pstr}/{leaf}" if pstr else leaf
+                    if self._dest_len + 2 + len(os.fsencode(rel)) >= PATH_MAX:
+                        raise unsafe(name, f"path longer than PATH_MAX ({PATH_MAX}) under "
+                                           "the destination once the archive's symlinks are "
+                                           "followed")
         kind = _KINDS.get(typ)
         if kind is None or sparse:
             self._check_type(m)
             raise AssertionError("unreachable")  # pragma: no cover
         if msize and kind != FILE:
             raise unsafe(name, f"a {KIND_NAMES[kind]} that declares {msize} bytes of data")
-        pstr, _, leaf = clean.rpartition("/")
-        rel = clean
-        if pstr and self.symlinks:
-            resolved = self._resolve(pstr, name)
-            if resolved != pstr:
-                pstr = resolved
-                rel = f"{pstr}/{leaf}" if pstr else leaf
-                if self._dest_len + 2 + len(os.fsencode(rel)) >= PATH_MAX:
-                    raise unsafe(name, f"path longer than PATH_MAX ({PATH_MAX}) under the "
-                                       "destination once the archive's symlinks are followed")
         if ".ezpz" in rel:
             self._reserved(rel, kind, name, msize)
         seen = self.seen
@@ -291,9 +322,11 @@ class MemberChecker:
                 replaces = True
                 del self.symlinks[rel]
                 self._resolved.clear()
+                self._last_parent = None
             else:
                 replaces = True
-        implied = self._imply(pstr, name) if pstr and seen.get(pstr) != DIR else ()
+        implied = () if sibling or not pstr or seen.get(pstr) == DIR else \
+            self._imply(pstr, name)
         target = ""
         size = 0
         if kind == FILE:
@@ -311,6 +344,7 @@ class MemberChecker:
                 raise unsafe(name, "symlink target with a NUL byte or longer than PATH_MAX")
             self.symlinks[rel] = target
             self._resolved.clear()
+            self._last_parent = None
             self._account(len(target) + _ENTRY_COST, name)
         if prev is None:
             self._state += len(rel) + _ENTRY_COST
@@ -318,13 +352,22 @@ class MemberChecker:
                 self._account(0, name)
         seen[rel] = FILE if kind == HARDLINK else kind
         # the single top-level directory, if there is one
-        top, slash, _ = rel.partition("/")
-        if self._top is None:
-            self._top, self._top_dir = top, bool(slash) or kind == DIR
-        elif top != self._top:
-            self._many_tops = True
-        elif not slash and kind != DIR:
-            self._top_dir = False
+        if not self._many_tops and not rel.startswith(self._top_prefix):
+            top, slash, _ = rel.partition("/")
+            if self._top is None:
+                self._top, self._top_dir = top, bool(slash) or kind == DIR
+                self._top_prefix = top + "/"
+            elif top != self._top:
+                self._many_tops = True
+            elif not slash and kind != DIR:
+                self._top_dir = False
+        self.counts[kind] += 1
+        if mode & DROP_BITS:
+            self.dropped_bits += 1
+        self.file_bytes += size
+        if not sibling and kind != SYMLINK and raw_parent and clean is name:
+            self._last_parent = raw_parent
+            self._last_resolved = None if pstr == raw_parent else pstr
         return _new(Accepted, (kind, rel, pstr, leaf, mode & ~DROP_BITS, mtime, size,
                                target, replaces, implied, name))
 

@@ -143,6 +143,8 @@ class TarReader:
         self._pad = 0  # padding after them
         self._global_mtime: int | None = None
         self.ended = False  # the end-of-archive block was read
+        self._plain_ok = True  # the common header may be read the short way (no global
+        # pax header seen, the end not reached)
         self.blocks = 0  # blocks read from src so far (a new one invalidates nothing: views
         # keep their block alive, but a writer holding views may want to let go)
 
@@ -300,35 +302,39 @@ class TarReader:
             self._finish_member()
         buf = self._buf
         i = self._i
-        if len(buf) - i >= BLOCK and self._global_mtime is None and not self.ended:
+        if len(buf) - i >= BLOCK and self._plain_ok:
             f = _plain(buf, i)  # the common header, whole in the block
+            if f is None:
+                return self._next_general()
             off = self._base + i
-            if f is not None and f[1] == PAXTYPE and f[3] <= PAX_MAX:
+            name, typ, mode, size, mtime, link = f
+            if typ == PAXTYPE:
                 # a pax header holding only a long path or link target (as ezpz-tar-env,
                 # tarfile and GNU tar store long names), then a common header
-                end = i + BLOCK + f[3]
-                nxt = end + (-f[3] % BLOCK)
-                rec = _pax_simple(buf[i + BLOCK:end].tobytes()) \
-                    if len(buf) - nxt >= BLOCK else None
+                if size > PAX_MAX:
+                    return self._next_general()
+                end = i + BLOCK + size
+                nxt = end + (-size % BLOCK)
+                if len(buf) - nxt < BLOCK:
+                    return self._next_general()
+                rec = _pax_simple(buf[i + BLOCK:end].tobytes())
                 g = _plain(buf, nxt) if rec is not None else None
-                if rec is not None and g is not None and g[1] != PAXTYPE:
-                    i = nxt
-                    f = (rec.get(b"path", g[0]), g[1], g[2], g[3], g[4],
-                         rec.get(b"linkpath", g[5]))
-                else:
-                    f = None
-            if f is not None and f[1] != PAXTYPE:
-                name, typ, mode, size, mtime, link = f
-                self._i = i + BLOCK
-                if typ == REGTYPE:
-                    self._data = size
-                    self._pad = -size % BLOCK
-                return _new(Member, (
-                    name.split(b"\0", 1)[0].decode("utf-8", "surrogateescape"), typ,
-                    mode & 0o7777, size, mtime,
-                    link.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
-                    if link and link[0] else "",
-                    off, self._base + i + BLOCK, False))
+                if rec is None or g is None or g[1] == PAXTYPE:
+                    return self._next_general()
+                i = nxt
+                name, typ, mode, size, mtime, link = g
+                name = rec.get(b"path", name)
+                link = rec.get(b"linkpath", link)
+            self._i = i + BLOCK
+            if typ == REGTYPE:
+                self._data = size
+                self._pad = -size % BLOCK
+            return _new(Member, (
+                name.split(b"\0", 1)[0].decode("utf-8", "surrogateescape"), typ,
+                mode & 0o7777, size, mtime,
+                link.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+                if link and link[0] else "",
+                off, self._base + i + BLOCK, False))
         return self._next_general()
 
     def _fields(self, buf: Any, i: int, off: int) -> _Fields | None:
@@ -373,6 +379,7 @@ class TarReader:
                 if pax is not None or longname is not None or longlink is not None:
                     raise self._corrupt(off, "an extended header without a member")
                 self.ended = True
+                self._plain_ok = False
                 return None
             name, typ, mode, size, mtime, linkname = f
             if typ in (PAXTYPE, GLOBALTYPE):
@@ -454,6 +461,7 @@ class TarReader:
                                          " for every member")
         if b"mtime" in records:
             self._global_mtime = _pax_mtime(records[b"mtime"])
+            self._plain_ok = False
 
     def drain(self) -> None:
         """Read (and decode) the rest of the stream: trailing blocks, the decoder's checks."""
