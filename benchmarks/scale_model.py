@@ -503,10 +503,13 @@ def _concurrency(path: Path, quiet: bool) -> tuple[dict[str, float], float]:
 def _worker_modules(archive: Path, work: Path) -> dict[str, Any]:
     """What a real worker run (1 node) imports: -X importtime's module names, split into the
     standard library and the rest (site-packages and ezpz: what a venv on Lustre holds)."""
-    cfg = work / "modules.yaml"
-    cfg.write_text(f"transfer:\n  src: {json.dumps(str(archive))}\n  dst: /tmp/modules-check\n")
-    _, nodes = _simrun(1, [PY, "-X", "importtime", "-m", "ezpz.transfer", "--config-file",
-                           str(cfg), "--run-dir", str(work / "modules-run")],
+    from ezpz.config import TransferConfig
+    from ezpz.transfer import spec_for
+
+    spec = work / "modules-spec.json"  # started as ezpz-yeet-env starts it
+    spec_for(TransferConfig(src=str(archive), dst="/tmp/modules-check")).write(str(spec))
+    _, nodes = _simrun(1, [PY, "-X", "importtime", "-m", "ezpz.transfer", "--spec",
+                           str(spec), "--run-dir", str(work / "modules-run")],
                        {"EZPZ_LOG_LEVEL": "WARNING"})
     names = {ln.rsplit("|", 1)[1].strip() for ln in nodes[0].output.splitlines()
              if ln.startswith("import time:") and ln.count("|") == 2
@@ -872,31 +875,37 @@ def validate(r: Rates, args: argparse.Namespace) -> None:
 
 TREE = {"MPIR_CVAR_IALLGATHER_INTRA_ALGORITHM": "sched_brucks",
         "MPIR_CVAR_IBCAST_INTRA_ALGORITHM": "sched_binomial"}
+#: The worker as it was before it chose its algorithms and bounded its control polls:
+#: MPICH's own choice ("auto") and sleeps of up to 50 ms between tests.
+BEFORE = {**{k: "auto" for k in TREE}, "EZPZ_CONTROL_POLL": "0.05"}
 
 
 def gate_check(r: Rates, n: int, repeat: int) -> None:
-    """The worker on n simulated nodes with a 1-file archive: MPICH's default algorithms vs
-    trees (TREE), alternating; the model's fixed cost beside each."""
-    print(f"\n== the wait per step, seen on the real worker: {n} simulated nodes, 1-file archive, "
-          f"MPICH's default algorithms vs {' '.join(f'{k}={v}' for k, v in TREE.items())} "
-          f"(median of {repeat} alternating runs; load average before: "
+    """The worker on n simulated nodes with a 1-file archive: as it was (MPICH's algorithms,
+    50 ms control polls) vs as it is (trees, 2 ms control polls), alternating; the model's
+    fixed cost beside each."""
+    print(f"\n== the wait per step, seen on the real worker: {n} simulated nodes, 1-file "
+          f"archive, {' '.join(f'{k}={v}' for k, v in BEFORE.items())} (before) vs the "
+          f"worker's defaults ({' '.join(f'{k}={v}' for k, v in TREE.items())}, "
+          "EZPZ_CONTROL_POLL=0.002) (median of "
+          f"{repeat} alternating runs; load average before: "
           + " ".join(f"{x:.2f}" for x in os.getloadavg()) + ") ==")
     root = Path(tempfile.mkdtemp(prefix="ezpz-model-gates-", dir="/var/tmp"))
-    times: dict[str, list[float]] = {"default": [], "tree": []}
+    times: dict[str, list[float]] = {"before": [], "now": []}
     try:
         tiny = _tiny_archive(root)
         for _ in range(repeat):
-            for kind, env in (("default", {}), ("tree", TREE)):
+            for kind, env in (("before", BEFORE), ("now", {})):
                 times[kind].append(bench_transfer.run_ezpz(n, tiny, DEFAULTS.chunk_size,
                                                            env_extra=env)[0])
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    d, t = _median(times["default"]), _median(times["tree"])
+    d, t = _median(times["before"]), _median(times["now"])
     print(f"status allgather of {n} x {OBJ_BYTES} B: {iallgather_algorithm(n, OBJ_BYTES)[0]} "
-          f"({iallgather_algorithm(n, OBJ_BYTES)[1]} steps) by default, Bruck ({log2c(n)} steps) "
-          "with the CVARs")
-    print(f"default {d:.2f} s (model {fixed_here(r, n):.2f} s), trees {t:.2f} s (model "
-          f"{fixed_here(r, n, tree=True):.2f} s): default/trees {d / t:.2f}x")
+          f"({iallgather_algorithm(n, OBJ_BYTES)[1]} steps) by MPICH's choice, Bruck "
+          f"({log2c(n)} steps) with the worker's defaults")
+    print(f"before {d:.2f} s (model {fixed_here(r, n):.2f} s), now {t:.2f} s (model "
+          f"{fixed_here(r, n, tree=True):.2f} s): before/now {d / t:.2f}x")
 
 
 def print_model(r: Rates, args: argparse.Namespace) -> Prediction:
@@ -925,14 +934,16 @@ def print_model(r: Rates, args: argparse.Namespace) -> Prediction:
           f"spread {args.node_cv:.0%}, chunk-to-chunk {args.chunk_cv:.0%} (slowest of p: "
           "expected maximum of normals); MPICH's generic algorithm selection, no asynchronous "
           "progress thread; decoupled/lockstep: collectives progressed without sleeping between "
-          "polls; 'as today': lockstep with the worker's sleep-polled collectives (measured "
-          "gates); 'tree CVARs': the same with MPIR_CVAR_IBCAST_INTRA_ALGORITHM=sched_binomial "
-          "and MPIR_CVAR_IALLGATHER_INTRA_ALGORITHM=sched_brucks (lg p steps instead of p - 1)")
+          "polls; 'rings, polled': lockstep with sleep-polled collectives (the measured gates) "
+          "and MPICH's own algorithms (rings at scale); 'trees, polled': the same with the "
+          "algorithms the worker sets, MPIR_CVAR_IBCAST_INTRA_ALGORITHM=sched_binomial and "
+          "MPIR_CVAR_IALLGATHER_INTRA_ALGORITHM=sched_brucks (lg p steps instead of p - 1)")
     head = None
     for key, m in MACHINES.items():
         print(f"\n{m.name}:\n")
         print("| nodes | 16 MiB chunk: MPICH algorithm | start-up s (imports) | broadcast s | "
-              "slowest node s | decoupled s | lockstep s | as today s | as today, tree CVARs s |")
+              "slowest node s | decoupled s | lockstep s | lockstep, rings, polled s | "
+              "lockstep, trees, polled s |")
         print("|---:|---|---:|---:|---:|---:|---:|---:|---:|")
         counts = [2 ** k for k in range(3, 14)]
         if m.max_nodes < counts[-1]:

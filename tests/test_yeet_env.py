@@ -125,7 +125,9 @@ def test_dry_run_prints_one_process_per_node_and_saves_the_resolved_config(tmp_p
     spec = json.loads(spec_file.read_text())
     # the run id ends the run directory's name and is the spec's and the worker's
     assert run_dir.name.endswith("-" + spec["run_id"]) and len(spec["run_id"]) == 8
-    assert argv[1:] == ["-n", "2", "-ppn", "1", "-hosts", "localhost", PY, "-m", "ezpz.transfer",
+    # hydra keeps the other ranks running when one ends: the workers finish without it
+    assert argv[1:] == ["-n", "2", "-ppn", "1", "-hosts", "localhost", "-disable-auto-cleanup",
+                        PY, "-m", "ezpz.transfer",
                         "--spec", str(spec_file), "--run-dir", str(run_dir),
                         "--run-id", spec["run_id"]]
     assert spec["src"] == str(archive.resolve())

@@ -123,12 +123,24 @@ def worker_argv(spec_file: Path, run_dir: Path, run_id: str | None = None) -> li
     return [*argv, "--run-id", run_id] if run_id else argv
 
 
-def delivery_launcher(launcher: LauncherConfig) -> LauncherConfig:
+#: MPICH hydra's flag that keeps the other ranks running when one ends (its default kills
+#: them all): the workers notice a lost node themselves and finish without it.
+NO_AUTO_CLEANUP = "-disable-auto-cleanup"
+
+
+def delivery_launcher(launcher: LauncherConfig, machine: MachineConfig | None = None
+                      ) -> LauncherConfig:
     """The launcher settings of a delivery: the job's hosts and its spares get the
     environment (a spare that takes over a failed node is ready), one process per host, and
-    no reruns of the whole job (``transfer.retries`` reruns the delivery where it failed)."""
+    no reruns of the whole job (``transfer.retries`` reruns the delivery where it failed).
+    Under MPICH's hydra, a node that dies does not take the others with it."""
     nhosts = None if launcher.nhosts is None else launcher.nhosts + launcher.spares
-    return replace(launcher, spares=0, retries=0, idle_timeout=None, nhosts=nhosts)
+    extra = list(launcher.extra_args)
+    if machine is not None and machine.mpiexec_flavor == "hydra" and \
+            launcher.name == "mpiexec" and NO_AUTO_CLEANUP not in extra:
+        extra.append(NO_AUTO_CLEANUP)
+    return replace(launcher, spares=0, retries=0, idle_timeout=None, nhosts=nhosts,
+                   extra_args=extra)
 
 
 def _torch_rendezvous(plan: LaunchPlan, backend: Backend, launcher: LauncherConfig) -> None:
@@ -136,6 +148,20 @@ def _torch_rendezvous(plan: LaunchPlan, backend: Backend, launcher: LauncherConf
         # torch.distributed without torchrun (mpiexec/srun): rendezvous on the first node.
         plan.env.setdefault("MASTER_ADDR", "localhost" if plan.local_only else plan.hosts[0])
         plan.env.setdefault("MASTER_PORT", str(launcher.rdzv_port))
+
+
+def _progress_env(plan: LaunchPlan) -> None:
+    """Rank 0's output is a pipe to the launcher: it draws a bar only when this process's
+    stderr is a terminal (an explicit EZPZ_PROGRESS wins)."""
+    if "EZPZ_PROGRESS" not in os.environ:
+        plan.env.setdefault("EZPZ_PROGRESS", "bar" if _isatty(sys.stderr) else "log")
+
+
+def _isatty(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
 
 
 def _retry_plan(plan: LaunchPlan, hosts: list[str], workdir: Path, argv: list[str]) -> LaunchPlan:
@@ -225,10 +251,11 @@ def deliver(machine: MachineConfig, launcher: LauncherConfig, transfer: Transfer
     run_dir = run_dir.resolve()
     spec_file = run_dir / SPEC_FILE
     # Hosts, GPUs and the command are checked before anything slow (packing) happens.
-    plan = plan_launch(machine, delivery_launcher(launcher),
+    plan = plan_launch(machine, delivery_launcher(launcher, machine),
                        worker_argv(spec_file, run_dir, run_id), one_per_host=True,
                        workdir=str(run_dir))
     _torch_rendezvous(plan, backend, launcher)
+    _progress_env(plan)
     njob = len(plan.hosts) - min(launcher.spares, len(plan.hosts) - 1)
     if launcher.spares:
         log.info("delivering to the %d spare host%s too, so that a failover lands on a ready "
@@ -268,6 +295,7 @@ def deliver(machine: MachineConfig, launcher: LauncherConfig, transfer: Transfer
         sub.mkdir(parents=True, exist_ok=True)
         retry = _retry_plan(plan, failed, sub, worker_argv(spec_file, sub, run_id))
         _torch_rendezvous(retry, backend, launcher)
+        _progress_env(retry)
         log.warning("delivery attempt %d of %d on the %d host%s without the environment: %s",
                     n, transfer.retries + 1, len(failed), "s" if len(failed) > 1 else "",
                     ", ".join(failed))

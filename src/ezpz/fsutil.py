@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
 from typing import Any
+
+from .anchored import remove_at
 
 
 def write_all(fd: int, data: Any) -> None:
@@ -37,14 +38,17 @@ def is_readonly(path: str) -> bool:
 
 
 def remove(path: str) -> None:
-    """Remove a file, symlink or directory tree; missing is fine. Retries briefly (a file
-    still being closed by another thread)."""
+    """Remove a file, symlink or directory tree; missing is fine. Never follows a symlink
+    and never recurses (:func:`ezpz.anchored.remove_at`: very deep trees are removed too).
+    Retries briefly (a file still being closed by another thread)."""
+    parent, name = os.path.split(os.path.abspath(path))
     for _ in range(3):
         try:
-            if os.path.isdir(path) and not os.path.islink(path):
-                shutil.rmtree(path)
-            else:
-                os.unlink(path)
+            fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                remove_at(fd, name)
+            finally:
+                os.close(fd)
             return
         except FileNotFoundError:
             return

@@ -5,40 +5,44 @@ nothing is ever held whole in memory. The codec is chosen from the first bytes
 (:func:`ezpz.formats.codecs.detect`): zstd, gzip (ISA-L's decoder when ``isal`` is installed) or
 plain tar.
 
-Every member is checked before anything is written (both engines):
+Every member is read once by the one tar reader (:mod:`ezpz.formats.tarread`), checked by
+the one checker (:mod:`ezpz.extract.checks`), and only then written (both engines):
 
 - absolute paths, ``..`` components, over-long paths or path components → refused;
 - writes through a symlink created by the archive that points outside the destination
-  (``link -> /etc`` then ``link/passwd``) → refused; the symlink itself is created as is,
-  because absolute symlinks inside environments (``bin/python -> /usr/bin/python3.11``)
-  are legitimate;
-- hardlinks whose target is absolute, outside, or not a file extracted earlier → refused;
+  (``link -> /etc`` then ``link/passwd``) → refused; a member below an internal symlink lands
+  where the link points (resolved lexically, never by following the link on disk); the
+  symlink itself is created as is, because absolute symlinks inside environments
+  (``bin/python -> /usr/bin/python3.11``) are legitimate;
+- hardlinks whose target is absolute, outside, or not a regular file extracted earlier
+  (a symlink, a directory) → refused;
 - device nodes, FIFOs, sparse and unknown member types → refused;
+- ``.ezpz/`` is ezpz's own: only the manifest and a bundled interpreter may come from an
+  archive;
 - setuid/setgid bits are dropped, ownership is never restored;
 - a regular file whose declared size brings the archive past the destination's free space
-  (a tar bomb) → refused before it is written.
+  (a tar bomb) → refused before it is written; headers and the bookkeeping of paths are
+  bounded in memory.
 
-The error (:class:`ArchiveError`) names the member. Two engines write the checked stream:
-``python`` (files written here, GIL released during writes and decompression) and ``tar``
-(the checked bytes piped into GNU tar, which writes). Header bytes reach GNU tar only after
-the member they describe passed the checks.
-
-In the ``python`` engine the plainest members (regular files and directories with a plain
-ustar header, a clean ASCII name under a directory this extraction made, no special bits)
-are written by the C helper ``ezpz._fastx`` when it was built; every other member, and any
-member the helper does not finish, goes through the checks and writes below. Set
-``EZPZ_EXTRACT_C=0`` to use the Python path alone.
+The error (:class:`ArchiveError`) names the member. Writes go through the anchored API
+(:mod:`ezpz.anchored`): nothing is created through a symlink or outside the destination,
+whatever is on disk. Two engines write the accepted members: ``python`` (ezpz's own writer,
+plain files batched to the C writer ``ezpz.extract._fastx`` when it was built, GIL released;
+``EZPZ_EXTRACT_C=0`` turns it off) and ``tar`` (GNU tar fed a canonical stream re-encoded from
+the accepted members, never the archive's own bytes). Duplicates end as with GNU tar: the
+last member wins, and an earlier entry is removed first, never written through.
 """
 
 from __future__ import annotations
 
+import os
 from typing import BinaryIO
 
 from ..errors import ArchiveError
 from ..formats.codecs import decode_error, detect, open_decoder
 from .checks import ExtractReport, MemberChecker
+from .extractor import SafeExtractor
 from .streams import Aborted, ChunkStream, Prepend, peek
-from .writers import SafeExtractor
 
 
 def extract_stream(raw: BinaryIO, dest: str, *, codec: str | None = None,
@@ -59,15 +63,14 @@ def extract_stream(raw: BinaryIO, dest: str, *, codec: str | None = None,
 
 
 def extract_file(path: str, dest: str, *, engine: str = "python") -> ExtractReport:
-    """Extract the archive at ``path`` into the existing directory ``dest``."""
+    """Extract the archive at ``path`` into the directory ``dest`` (made if missing)."""
     try:
         fh = open(path, "rb", buffering=0)
     except OSError as exc:
         raise ArchiveError(f"cannot read archive {path}: {exc.strerror or exc}") from exc
     with fh:
+        os.makedirs(dest, exist_ok=True)
         return extract_stream(fh, dest, engine=engine, label=path)
-
-
 
 __all__ = ["extract_stream", "extract_file", "SafeExtractor", "ExtractReport", "MemberChecker",
            "ChunkStream", "Aborted"]

@@ -206,12 +206,14 @@ def _frame_items(raw: Any, pool: ThreadPoolExecutor, stop: threading.Event) -> I
     start = 0  # of the current frame in buf
     scan = FrameScan(0, FRAME_MAX, FRAME_MAX + (1 << 20))
     eof = False
+    seen = False  # an empty stream is no zstd stream: the one-stream decoder says so
     while not stop.is_set():
         try:
             frame = scan.feed(buf)
         except NotSplittable:
             break
         if frame is not None:
+            seen = True
             if not frame.skippable:
                 with memoryview(buf) as view:
                     piece = bytes(view[start:frame.end])
@@ -229,8 +231,10 @@ def _frame_items(raw: Any, pool: ThreadPoolExecutor, stop: threading.Event) -> I
         more = raw.read(READ_SIZE)
         if not more:
             eof = True
-            if start == len(buf):
+            if start == len(buf) and seen:
                 return
+            if not seen and not buf:
+                break
             continue
         buf += more
     if stop.is_set():

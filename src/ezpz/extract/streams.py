@@ -1,5 +1,5 @@
-"""Streams the extraction reads: chunks handed over by another thread, a forward-only
-buffered reader for the tar parser, and a stream with its first bytes put back."""
+"""Streams the extraction reads: chunks handed over by another thread, and a stream with
+its first bytes put back."""
 
 from __future__ import annotations
 
@@ -10,8 +10,7 @@ import time
 from collections.abc import Callable
 from typing import Any, BinaryIO
 
-from ..formats.codecs import DETECT_BYTES, READ_SIZE
-from ..fsutil import write_all
+from ..formats.codecs import DETECT_BYTES
 
 
 class Aborted(Exception):
@@ -121,139 +120,25 @@ class ChunkStream(io.RawIOBase):
         self._pos += n
         return n
 
+    def read(self, n: int = -1) -> bytes:
+        """At most ``n`` bytes (the rest of the current chunk for ``n < 0``), copied once;
+        ``b""`` at the end of the input."""
+        if self._eof:
+            return b""
+        if (self._cur is None or self._pos >= len(self._cur)) and not self._next():
+            return b""
+        cur = self._cur
+        assert cur is not None
+        end = len(cur) if n is None or n < 0 else min(len(cur), self._pos + n)
+        out = bytes(cur[self._pos:end])
+        self._pos = end
+        return out
+
     def drain(self) -> None:
         """Consume (and release) everything up to the end of input."""
         while self._next():
             pass
 
-
-
-class ForwardReader:
-    """Buffered forward-only reader for ``tarfile.TarFile`` (``tell``/``seek`` forward only).
-
-    With a ``sink``, every byte below the ``allowed`` offset is passed on (the ``tar``
-    engine), bytes above it are held back until :meth:`allow` moves the limit.
-    """
-
-    def __init__(self, decoded: BinaryIO, sink: Callable[[memoryview], None] | None = None):
-        self._src = decoded
-        self._buf = memoryview(b"")
-        self._i = 0
-        self._base = 0  # stream offset of _buf[0]
-        self._eof = False
-        self.last_header = b""
-        self.delivered = 0
-        self._sink = sink
-        self._allowed = 0
-        self._sent = 0  # stream offset up to which bytes went to the sink
-        self._held: list[bytes] = []  # bytes from _sent on, not yet sent
-
-    # -- feeding -----------------------------------------------------------------------
-    def _fill(self) -> bool:
-        if self._eof:
-            return False
-        data = self._src.read(READ_SIZE)
-        if not data:
-            self._eof = True
-            return False
-        self._base += len(self._buf)
-        self._buf = memoryview(data)
-        self._i = 0
-        self.delivered += len(data)
-        if self._sink is not None:
-            self._held.append(memoryview(data))
-            self._flush()
-        return True
-
-    def _flush(self, force: bool = False) -> None:
-        # Checked bytes go on in large writes: once a whole held block is allowed, or at
-        # the end. Slices are views, never copies of the block.
-        assert self._sink is not None
-        while self._held and self._sent < self._allowed:
-            head = self._held[0]
-            n = min(len(head), self._allowed - self._sent)
-            if n < len(head) and not force:
-                return
-            self._sink(head[:n])
-            self._sent += n
-            if n == len(head):
-                self._held.pop(0)
-            else:
-                self._held[0] = head[n:]
-
-    def allow(self, offset: int) -> None:
-        """Bytes before ``offset`` were checked: pass them on."""
-        if offset > self._allowed:
-            self._allowed = offset
-            if self._sink is not None and self._held and \
-                    self._allowed - self._sent >= len(self._held[0]):
-                self._flush()
-
-    def finish_sink(self) -> None:
-        """Pass on everything read so far and the rest of the stream."""
-        self._allowed = 1 << 62
-        while self._fill():
-            pass
-        self._flush(force=True)
-
-    # -- file interface for tarfile ----------------------------------------------------
-    def tell(self) -> int:
-        return self._base + self._i
-
-    def read(self, n: int = -1) -> bytes:
-        if n is None or n < 0:
-            n = 1 << 62
-        avail = len(self._buf) - self._i
-        if n <= avail:
-            out = bytes(self._buf[self._i:self._i + n])
-            self._i += n
-            return out
-        parts = [bytes(self._buf[self._i:])]
-        got = avail
-        self._i = len(self._buf)
-        while got < n and self._fill():
-            take = min(n - got, len(self._buf))
-            parts.append(bytes(self._buf[:take]))
-            self._i = take
-            got += take
-        return b"".join(parts)
-
-    def seek(self, pos: int, whence: int = 0) -> int:
-        if whence != 0:
-            raise io.UnsupportedOperation("forward-only stream")
-        cur = self.tell()
-        if pos < cur:
-            back = cur - pos
-            if back > self._i:
-                raise io.UnsupportedOperation("cannot seek backwards in a stream")
-            self._i -= back
-            return pos
-        skip = pos - cur
-        while skip > 0:
-            avail = len(self._buf) - self._i
-            if skip <= avail:
-                self._i += skip
-                break
-            skip -= avail
-            self._i = len(self._buf)
-            if not self._fill():
-                break
-        return self.tell()
-
-    def copy_to(self, fd: int, n: int) -> int:
-        """Write the next ``n`` bytes to ``fd`` without extra copies; returns bytes written."""
-        done = 0
-        while done < n:
-            avail = len(self._buf) - self._i
-            if avail == 0:
-                if not self._fill():
-                    break
-                continue
-            take = min(avail, n - done)
-            write_all(fd, self._buf[self._i:self._i + take])
-            self._i += take
-            done += take
-        return done
 
 
 def peek(raw: BinaryIO) -> bytes:
@@ -283,4 +168,5 @@ class Prepend(io.RawIOBase):
             memoryview(b).cast("B")[:n] = self._head[:n]
             self._head = self._head[n:]
             return n
-        return self._raw.readinto(b)  # type: ignore[attr-defined]
+        got: int = self._raw.readinto(b)  # type: ignore[attr-defined]
+        return got

@@ -1,292 +1,288 @@
-"""The engines that write a checked tar stream: ezpz's own (``python``, with the C module
-for plain members) and GNU tar fed the checked bytes through a pipe (``tar``)."""
+"""Writing accepted members into the destination: ezpz's own writer (``python`` engine).
+
+Everything goes through the anchored API (:mod:`ezpz.anchored`): each member is created by
+its last component under a descriptor of its parent directory, which was resolved beneath
+the destination without following any symlink; files are created ``O_EXCL | O_NOFOLLOW``,
+so nothing is ever written through a link. Regular files whose data lies whole in the
+decoded block are handed to the C writer (``ezpz.extract._fastx``) in batches, written by a
+thread of their own with the GIL released while the next members are read and checked;
+everything else is written here, after the batches it could depend on (same path, a
+hardlink's file) were written. Directories are created writable
+(0700) and get their own mode and mtime at the end, deepest first, as GNU tar does.
+"""
 
 from __future__ import annotations
 
 import errno
 import os
-import stat
-import subprocess
-import tarfile
-import tempfile
-import time
-from typing import Any, BinaryIO
+import queue
+import sys
+import threading
+from typing import Any
 
-from ..config import Engine, choice
-from ..errors import ArchiveError, ConfigError
-from ..formats.codecs import READ_SIZE, decode_error
-from ..fsutil import current_umask, free_bytes, write_all
-from ..log import get_logger
-from .checks import DROP_BITS, ExtractReport, MemberChecker, unsafe
-from .reader import BLOCK, HeaderInfo, check_end, header_in_block, next_member
-from .streams import ForwardReader
+from ..anchored import Anchor, DirCache
+from ..formats.tarread import TarReader
+from ..fsutil import current_umask, write_all
+from .checks import DIR, FILE, HARDLINK, ROOT, SYMLINK, Accepted, ExtractReport
 
-log = get_logger(__name__)
-
-
-def _load_fast() -> Any:
-    """The C helper for plain members, or None (not built, or ``EZPZ_EXTRACT_C=0``)."""
-    if os.environ.get("EZPZ_EXTRACT_C", "1").strip().lower() in ("0", "false", "no", "off"):
-        return None
-    try:
-        from . import _fastx
-    except ImportError:
-        return None
-    return _fastx
+_DIR_PATH = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_FS_ENCODING = sys.getfilesystemencoding()
+_FS_ERRORS = sys.getfilesystemencodeerrors()
+#: A batch for the C writer is written when it holds this many files or bytes.
+BATCH_FILES = 256
+BATCH_BYTES = 16 << 20
 
 
+class WriteError(OSError):
+    """A write of the member ``member`` failed (errno and strerror as the system said)."""
 
-class SafeExtractor:
-    """Extract one tar stream into ``dest`` (an existing, empty directory), checking members.
+    def __init__(self, err: int, member: str) -> None:
+        super().__init__(err, os.strerror(err))
+        self.member = member
 
-    ``run(decoded)`` reads the decompressed stream to its end and returns an
-    :class:`ExtractReport`. ``label`` (usually the archive path) prefixes errors.
-    """
 
-    def __init__(self, dest: str, *, engine: str = "python", label: str = "archive") -> None:
-        try:
-            engine = choice(Engine, engine, "transfer.extractor")
-        except ConfigError as exc:
-            raise ArchiveError(str(exc)) from None
-        self.dest = os.path.abspath(dest)
-        self._prefix = self.dest.rstrip("/") + "/"
-        self.engine = engine
-        self.label = label
-        self.checker = MemberChecker(self.dest)
-        self.report = ExtractReport(engine=engine)
-        self._dirs: list[tuple[str, int, float]] = []
-        self._made: set[str] = {self.dest, self._prefix[:-1]}
-        self._member = ""
-        self._declared = 0
-        self._free = free_bytes(self.dest)
+class PythonWriter:
+    """Writes accepted members below ``root``; ``fast`` is the C writer module or None."""
+
+    def __init__(self, root: Anchor, report: ExtractReport, fast: Any = None) -> None:
+        self.root = root
+        self.report = report
+        self.dirs = DirCache(root, size=256)
         self._umask = current_umask()
-        self._fast = _load_fast() if engine == "python" else None
-        self._prefix_b = os.fsencode(self._prefix)
+        self._fast = fast
+        self._batch: list[tuple[int, bytes, int, int, memoryview]] = []
+        self._names: list[str] = []
+        self._batch_bytes = 0
+        self._block = -1
+        self._thread: _BatchWriter | None = None
+        self._dir_meta: dict[str, tuple[int, int]] = {}
+        self._root_meta: tuple[int, int] | None = None
 
-    def _check_space(self, ti: tarfile.TarInfo) -> None:
-        """Refuse, before writing it, the member whose declared size no longer fits."""
-        self._declared += ti.size
-        if self._free is not None and self._declared > self._free:
-            from ..config import format_size
-
-            raise ArchiveError(
-                f"{self.label}: member {ti.name!r} declares {format_size(ti.size)}, which brings "
-                f"the archive to {format_size(self._declared)}, more than the "
-                f"{format_size(self._free)} free in {self.dest}; refusing to extract (free space "
-                "or choose another transfer.dst)")
-
-    # python engine helpers -----------------------------------------------------------
-    def _mkparents(self, path: str) -> None:
-        parent = path.rpartition("/")[0]
-        if parent in self._made:
-            return
-        os.makedirs(parent, mode=0o700, exist_ok=True)
-        self._made.add(parent)
-
-    def _clear(self, path: str, member: str, for_dir: bool = False) -> None:
-        try:
-            st = os.lstat(path)
-        except FileNotFoundError:
-            return
-        if stat.S_ISDIR(st.st_mode):
-            if for_dir:
-                return
-            raise unsafe(member, "replaces a directory extracted earlier")
-        os.unlink(path)
-
-    def _write(self, tf: tarfile.TarFile, reader: ForwardReader, ti: tarfile.TarInfo,
-               rel: str, mode: int) -> None:
-        path = self._prefix + rel  # rel is relative, checked and without empty components
-        self._mkparents(path)
-        member = ti.name
-        if ti.isdir():
-            self._clear(path, member, for_dir=True)
-            if not os.path.isdir(path):
-                os.mkdir(path, 0o700)
-            self._made.add(path)
-            self._dirs.append((path, mode, ti.mtime))
-            self.report.dirs += 1
-        elif ti.isreg():
-            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-            # created with its final mode when the umask keeps all of it (no fchmod then)
-            direct = self._umask is not None and not mode & self._umask
-            first = mode if direct else 0o600
-            try:  # a fresh path is the rule: clear only when something is there
-                fd = os.open(path, flags, first)
-            except FileExistsError:
-                self._clear(path, member)
-                fd = os.open(path, flags, first)
+    # -- members -------------------------------------------------------------------------
+    def put(self, a: Accepted, reader: TarReader) -> None:
+        kind, _rel, parent, leaf, mode, mtime, size, _target, replaces, implied, name = a
+        if implied:
+            for d in implied:
+                self._mkdir(d)
+        if kind == FILE:
+            if self._fast is not None and not replaces:
+                if self._batch and reader.blocks != self._block:
+                    self.flush()  # hold views of one decoded block at a time
+                view = reader.data_view()
+                if view is not None:
+                    self._block = reader.blocks
+                    self._batch.append((self.dirs.get(parent),
+                                        leaf.encode(_FS_ENCODING, _FS_ERRORS), mode, mtime,
+                                        view))
+                    self._names.append(name)
+                    self._batch_bytes += size
+                    if len(self._batch) >= BATCH_FILES or self._batch_bytes >= BATCH_BYTES:
+                        self.flush()
+                    return
+            if replaces:
+                self.sync()  # what is there may still be in a batch
+                self._unlink(a)
+            self._file(a, reader)
+        elif kind == DIR:
+            if a.replaces:
+                self.sync()
+                self._unlink(a)
+            self._mkdir(a.rel)
+            self._dir_meta[a.rel] = (a.mode, a.mtime)
+        elif kind == SYMLINK:
+            pfd = self.dirs.get(a.parent)
+            if a.replaces:
+                self.sync()
+                self._unlink(a)
+            os.symlink(a.target, a.leaf, dir_fd=pfd)
             try:
-                reader.seek(ti.offset_data)
-                n = reader.copy_to(fd, ti.size)
-                if n != ti.size:
-                    raise ArchiveError(f"{self.label}: truncated archive (member {member!r} has "
-                                       f"{n} of {ti.size} bytes); re-create or re-copy the archive")
-                if not direct:
-                    os.fchmod(fd, mode)
-                os.utime(fd, (ti.mtime, ti.mtime))
-            finally:
-                os.close(fd)
-            self.report.files += 1
-            self.report.bytes += ti.size
-        elif ti.issym():
-            self._clear(path, member)
-            os.symlink(ti.linkname, path)
-            try:
-                os.utime(path, (ti.mtime, ti.mtime), follow_symlinks=False)
+                os.utime(a.leaf, (a.mtime, a.mtime), dir_fd=pfd, follow_symlinks=False)
             except OSError:  # pragma: no cover - filesystems without lutimes
                 pass
-            self.report.symlinks += 1
-        elif ti.islnk():
-            self._clear(path, member)
-            os.link(os.path.join(self.dest, ti.linkname), path, follow_symlinks=False)
-            self.report.hardlinks += 1
+        elif kind == HARDLINK:
+            self.sync()  # the linked file may be in a batch
+            if a.replaces:
+                self._unlink(a)
+            thead, _, tleaf = a.target.rpartition("/")
+            os.link(tleaf, a.leaf, src_dir_fd=self.dirs.get(thead),
+                    dst_dir_fd=self.dirs.get(a.parent), follow_symlinks=False)
+        elif kind == ROOT:
+            self._root_meta = (a.mode, a.mtime)
 
-    def _fast_members(self, tf: tarfile.TarFile, reader: ForwardReader) -> None:
-        """Let the C helper write the plain members that follow in the reader's block."""
-        i = header_in_block(tf, reader)
-        if i is None:
-            return
-        off = tf.offset
-        budget = -1 if self._free is None else max(0, self._free - self._declared)
-        c = self.checker
-        pos, last, members, files, dirs, nbytes, declared = self._fast.run(
-            reader._buf, i, self._prefix_b, self._made, self._dirs, c.files, c.symlinks,
-            c.tops, -1 if self._umask is None else self._umask, budget)
-        if not members:
-            return
-        reader._i = pos
-        reader.last_header = bytes(reader._buf[last:last + BLOCK])
-        tf.offset = off + (pos - i)
-        r = self.report
-        r.members += members
-        r.fast_members += members
-        r.files += files
-        r.dirs += dirs
-        r.bytes += nbytes
-        self._declared += declared
-
-    def _finish_dirs(self) -> None:
-        for path, mode, mtime in sorted(self._dirs, key=lambda d: d[0], reverse=True):
-            os.chmod(path, mode)
-            os.utime(path, (mtime, mtime))
-
-    # the loop --------------------------------------------------------------------------
-    def run(self, decoded: BinaryIO, codec: str = "none") -> ExtractReport:
-        t0 = time.perf_counter()
-        proc = None
-        errfile = None
-        sink = None
-        if self.engine == "tar":
-            errfile = tempfile.TemporaryFile()
-            proc = subprocess.Popen(
-                ["tar", "-x", "-f", "-", "-C", self.dest, "--no-same-owner",
-                 "--no-overwrite-dir"],
-                stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=errfile)
-            assert proc.stdin is not None
-            pipe_fd = proc.stdin.fileno()
-
-            def sink(view: memoryview) -> None:
-                write_all(pipe_fd, view)
-        reader = ForwardReader(decoded, sink)
-        fixups: list[tuple[str, int]] = []
+    def _mkdir(self, rel: str) -> None:
+        head, _, leaf = rel.rpartition("/")
+        pfd = self.dirs.get(head)
         try:
-            try:
-                tf = tarfile.TarFile(fileobj=reader, mode="r", tarinfo=HeaderInfo,  # type: ignore[arg-type]
-                                     errorlevel=2)
-                fast = self._fast is not None and proc is None
-                while True:
-                    if fast:
-                        self._fast_members(tf, reader)
-                    ti = next_member(tf, reader)
-                    tf.members.clear()  # keep memory flat: members are not needed later
-                    if ti is None:
-                        break
-                    rel, mode = self.checker.check(ti)
-                    self._member = ti.name
-                    if ti.isreg():
-                        self._check_space(ti)
-                    self.report.members += 1
-                    if ti.mode & DROP_BITS:
-                        self.report.dropped_bits += 1
-                    if proc is None:
-                        self._write(tf, reader, ti, rel, mode)
-                    else:
-                        if ti.mode & DROP_BITS and not ti.issym():
-                            fixups.append((rel, mode))
-                        reader.allow(tf.offset)
-                        self._count(ti)
-                check_end(reader, tf, self.label)
-                if proc is not None:
-                    reader.finish_sink()
-                else:
-                    while reader.read(READ_SIZE):  # decode the rest (trailing zero blocks)
-                        pass
-            except (tarfile.TarError, EOFError, OSError, ValueError) as exc:
-                if isinstance(exc, BrokenPipeError) and proc is not None:
-                    raise ArchiveError(f"{self.label}: tar failed: "
-                                       f"{self._tar_stderr(proc, errfile)}") from exc
-                if isinstance(exc, OSError) and not _isdecode_error(exc):
-                    where = f"member {self._member!r} into " if self._member else ""
-                    fix = ("; free space or choose another transfer.dst"
-                           if exc.errno in (errno.ENOSPC, errno.EDQUOT) else "")
-                    raise ArchiveError(f"{self.label}: cannot write {where}{self.dest}: "
-                                       f"{exc.strerror or exc}{fix}") from exc
-                raise decode_error(exc, self.label, codec) from exc
-            except Exception as exc:  # zstandard.ZstdError, zlib.error
-                if type(exc).__name__ in ("ZstdError", "error", "BadGzipFile"):
-                    raise decode_error(exc, self.label, codec) from exc
-                raise
-            if proc is not None:
-                assert proc.stdin is not None
-                proc.stdin.close()
-                rc = proc.wait()
-                if rc != 0:
-                    raise ArchiveError(f"{self.label}: tar failed (exit {rc}): "
-                                       f"{self._tar_stderr(proc, errfile)}")
-                for rel, mode in fixups:
-                    path = os.path.join(self.dest, rel)
-                    if not os.path.islink(path):
-                        os.chmod(path, mode)
+            os.mkdir(leaf, 0o700, dir_fd=pfd)
+        except FileExistsError:
+            pass  # a directory again (the checks allow only that): it is reused
+        self.dirs.add(rel, os.open(leaf, _DIR_PATH, dir_fd=pfd))
+        if self.dirs.retired > 64:  # descriptors evicted from the cache: close them once no
+            self.sync()  # batch uses them any more
+
+    def _unlink(self, a: Accepted) -> None:
+        """Remove what an earlier member of this archive left at ``a.rel`` (never a
+        directory: the checks refuse that)."""
+        try:
+            os.unlink(a.leaf, dir_fd=self.dirs.get(a.parent))
+        except FileNotFoundError:
+            pass
+
+    def _file(self, a: Accepted, reader: TarReader, view: memoryview | None = None) -> None:
+        pfd = self.dirs.get(a.parent)
+        mode = a.mode
+        direct = self._umask is not None and not mode & self._umask
+        first = mode if direct else 0o600
+        try:
+            fd = os.open(a.leaf, _NEW_FILE, first, dir_fd=pfd)
+        except FileExistsError:  # the destination held it before: replace it (not a directory)
+            os.unlink(a.leaf, dir_fd=pfd)
+            fd = os.open(a.leaf, _NEW_FILE, first, dir_fd=pfd)
+        try:
+            if view is None:
+                view = reader.data_view()
+            if view is not None:
+                write_all(fd, view)
             else:
-                self._finish_dirs()
+                reader.copy_data(fd, a.name)
+            if not direct:
+                os.fchmod(fd, mode)
+            os.utime(fd, (a.mtime, a.mtime))
         finally:
-            if proc is not None and proc.poll() is None:
-                proc.kill()
-                proc.wait()
-            if errfile is not None:
-                errfile.close()
-        self.report.top = self.checker.single_top()
-        self.report.tar_bytes = reader.delivered
-        self.report.seconds = time.perf_counter() - t0
-        return self.report
+            os.close(fd)
 
-    def _count(self, ti: tarfile.TarInfo) -> None:
-        r = self.report
-        if ti.isdir():
-            r.dirs += 1
-        elif ti.issym():
-            r.symlinks += 1
-        elif ti.islnk():
-            r.hardlinks += 1
-        else:
-            r.files += 1
-            r.bytes += ti.size
+    # -- the C writer ----------------------------------------------------------------------
+    def flush(self) -> None:
+        """Hand the batch of files waiting for the C writer to its thread."""
+        if self._batch:
+            if self._thread is None:
+                self._thread = _BatchWriter(self._fast, self._umask, self.report)
+            self._thread.submit(self._batch, self._names)
+            self._batch = []
+            self._names = []
+            self._batch_bytes = 0
 
-    @staticmethod
-    def _tar_stderr(proc: subprocess.Popen, errfile: Any) -> str:
+    def sync(self) -> None:
+        """Wait until every batch is written (raising the first failure), then close the
+        directory descriptors evicted meanwhile."""
+        self.flush()
+        if self._thread is not None:
+            self._thread.sync()
+        self.dirs.release()
+
+    # -- the end -------------------------------------------------------------------------
+    def finish(self) -> None:
+        """Write what waits, then give directories their modes and mtimes, deepest first."""
+        self.sync()
+        for rel in sorted(self._dir_meta, key=lambda r: r.count("/"), reverse=True):
+            mode, mtime = self._dir_meta[rel]
+            self.root.set_meta(rel, mode, mtime)
+        if self._root_meta is not None:
+            mode, mtime = self._root_meta
+            os.fchmod(self.root.fd, mode)
+            os.utime(self.root.fd, (mtime, mtime))
+
+    def close(self) -> None:
+        """Stop the batch writer (what waits is dropped), then close the descriptors."""
+        self._batch = []
+        if self._thread is not None:
+            self._thread.stop()
+        self.dirs.close()
+
+
+class _BatchWriter:
+    """The C writer in a thread of its own: batches are written (GIL released) while the
+    extraction thread reads and checks the next members. At most ``DEPTH`` batches wait;
+    the first failure is raised by the next ``submit`` or ``sync``."""
+
+    DEPTH = 2
+
+    def __init__(self, fast: Any, umask: int | None, report: ExtractReport) -> None:
+        self._fast = fast
+        self._umask = -1 if umask is None else umask
+        self._report = report
+        self._q: queue.Queue[Any] = queue.Queue(maxsize=self.DEPTH)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="ezpz-write", daemon=True)
+        self._thread.start()
+
+    def submit(self, batch: list[tuple[int, bytes, int, int, memoryview]],
+               names: list[str]) -> None:
+        self._raise()
+        self._q.put((batch, names))
+
+    def sync(self) -> None:
+        self._q.join()
+        self._raise()
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            exc, self._error = self._error, None
+            raise exc
+
+    def stop(self) -> None:
+        while True:  # drop what waits, then let the thread end
+            try:
+                self._q.get_nowait()
+                self._q.task_done()
+            except queue.Empty:
+                break
+        self._q.put(None)
+        self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            item = self._q.get()
+            try:
+                if item is None:
+                    return
+                if self._error is None:
+                    self._write(*item)
+            except BaseException as exc:  # noqa: BLE001 - raised in the extraction thread
+                self._error = exc
+            finally:
+                self._q.task_done()
+
+    def _write(self, batch: list[tuple[int, bytes, int, int, memoryview]],
+               names: list[str]) -> None:
+        start = 0
+        while start < len(batch):
+            part = batch[start:] if start else batch
+            done, err = self._fast.write_files(part, self._umask)
+            self._report.fast_members += done
+            start += done
+            if not err:
+                return
+            if err != errno.EEXIST:
+                raise WriteError(err, names[start])
+            # the destination held this path before: Python replaces it, C goes on
+            dirfd, leaf, mode, mtime, view = batch[start]
+            head = _Record(dirfd, leaf, mode, mtime, names[start])
+            try:
+                os.unlink(leaf, dir_fd=dirfd)
+            except OSError as exc:
+                raise WriteError(exc.errno or errno.EIO, head.name) from None
+            head.write(view)
+            start += 1
+
+
+class _Record:
+    """One file of a batch written by Python (after the C writer found its path taken)."""
+
+    def __init__(self, dirfd: int, leaf: bytes, mode: int, mtime: int, name: str) -> None:
+        self.dirfd, self.leaf, self.mode, self.mtime, self.name = dirfd, leaf, mode, mtime, name
+
+    def write(self, view: memoryview) -> None:
         try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:  # pragma: no cover
-            proc.kill()
-        errfile.seek(0)
-        lines = [ln for ln in errfile.read().decode(errors="replace").splitlines() if ln.strip()]
-        return lines[0] if lines else f"exit code {proc.returncode}"
-
-
-
-
-def _isdecode_error(exc: OSError) -> bool:
-    # igzip/gzip raise BadGzipFile (an OSError) for corrupt data
-    return type(exc).__name__ in ("BadGzipFile",)
-
+            fd = os.open(self.leaf, _NEW_FILE, 0o600, dir_fd=self.dirfd)
+        except OSError as exc:
+            raise WriteError(exc.errno or errno.EIO, self.name) from None
+        try:
+            write_all(fd, view)
+            os.fchmod(fd, self.mode)
+            os.utime(fd, (self.mtime, self.mtime))
+        except OSError as exc:
+            raise WriteError(exc.errno or errno.EIO, self.name) from None
+        finally:
+            os.close(fd)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import io
 import os
 from collections.abc import Iterator
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 from ..config import Codec
 from ..errors import ArchiveError
@@ -84,7 +84,8 @@ def open_decoder(raw: BinaryIO, codec: str) -> BinaryIO:
         import zstandard
 
         return zstandard.ZstdDecompressor().stream_reader(
-            raw, read_size=READ_SIZE, read_across_frames=True, closefd=False)
+            cast(BinaryIO, ZstdFrames(raw)), read_size=READ_SIZE, read_across_frames=True,
+            closefd=False)
     if codec == "gzip":
         # Not igzip.GzipFile: it refuses gzip headers longer than its input buffer (the
         # padding member tar-env writes carries a long comment); the streaming decoder
@@ -138,6 +139,105 @@ def gzip_blocks(raw: Any, size: int) -> Iterator[bytes]:
                                "reached")
     except zmod.error as exc:
         raise gzip.BadGzipFile(str(exc)) from exc
+
+
+_ZSTD_FRAME = 0xFD2FB528
+_SKIPPABLE = range(0x184D2A50, 0x184D2A60)
+
+
+class ZstdFrames:
+    """The compressed stream, passed through unchanged while its frame structure is
+    followed (frame headers, block headers, checksums, skippable frames): at the end of the
+    input it must end between two frames. The zstd decoder accepts a stream whose trailing
+    skippable frame is cut short; this makes that a truncated archive (EOFError)."""
+
+    def __init__(self, raw: Any) -> None:
+        self.raw = raw
+        self._state = "magic"
+        self._need = 4
+        self._hdr = b""
+        self._skip = 0
+        self._checksum = 0
+        self.frames = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.raw.read(n)
+        if data:
+            self._feed(memoryview(data).cast("B"))
+        else:
+            self._end()
+        return data  # type: ignore[no-any-return]
+
+    def readinto(self, b: Any) -> int:
+        n: int = self.raw.readinto(b)
+        if n:
+            self._feed(memoryview(b).cast("B")[:n])
+        else:
+            self._end()
+        return n
+
+    def _feed(self, data: memoryview) -> None:
+        pos, end = 0, len(data)
+        while pos < end and self._state != "unknown":
+            if self._skip:
+                take = min(self._skip, end - pos)
+                self._skip -= take
+                pos += take
+                continue
+            take = min(self._need - len(self._hdr), end - pos)
+            self._hdr += bytes(data[pos:pos + take])
+            pos += take
+            if len(self._hdr) == self._need:
+                hdr, self._hdr = self._hdr, b""
+                self._next(hdr)
+
+    def _next(self, hdr: bytes) -> None:
+        state = self._state
+        if state == "magic":
+            magic = int.from_bytes(hdr, "little")
+            if magic == _ZSTD_FRAME:
+                self._state, self._need = "descriptor", 1
+            elif magic in _SKIPPABLE:
+                self._state, self._need = "skip-size", 4
+            else:
+                self._state = "unknown"  # not zstd: the decoder says so
+        elif state == "skip-size":
+            self._skip = int.from_bytes(hdr, "little")
+            self._state, self._need = "magic", 4
+            self.frames += 1
+        elif state == "descriptor":
+            d = hdr[0]
+            single = d >> 5 & 1
+            self._checksum = d >> 2 & 1
+            rest = (0 if single else 1) + (0, 1, 2, 4)[d & 3] + (single, 2, 4, 8)[d >> 6]
+            self._state, self._need = ("header", rest) if rest else ("block", 3)
+        elif state == "header":
+            self._state, self._need = "block", 3
+        elif state == "block":
+            h = int.from_bytes(hdr, "little")
+            kind = h >> 1 & 3
+            if kind == 3:
+                self._state = "unknown"  # reserved: the decoder refuses it
+                return
+            self._skip = 1 if kind == 1 else h >> 3
+            if h & 1:  # the last block of the frame
+                if self._checksum:
+                    self._state, self._need = "checksum", 4
+                else:
+                    self._state, self._need = "magic", 4
+                    self.frames += 1
+        elif state == "checksum":
+            self._state, self._need = "magic", 4
+            self.frames += 1
+
+    def _end(self) -> None:
+        if self._state == "unknown":
+            return
+        if self._skip or self._hdr or self._state != "magic" or not self.frames:
+            raise EOFError("compressed data ends inside a zstd frame")
 
 
 class _BlockStream(io.RawIOBase):

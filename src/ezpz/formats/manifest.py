@@ -5,25 +5,36 @@ It is the first member of every archive ezpz writes, at ``<env-name>/.ezpz/manif
 
 from __future__ import annotations
 
+import errno
 import json
 import os
-import tarfile
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from ..anchored import Anchor
 from ..errors import ArchiveError
 from .codecs import open_file
+from .tarread import Member, TarReader, iter_archive
 
 FORMAT_VERSION = 1
+#: ezpz's own directory inside every tree it installs; an archive may bring only the
+#: manifest and a bundled interpreter there (the checks refuse anything else).
+RESERVED_DIR = ".ezpz"
 #: Path of the manifest inside the environment (and, under the top directory, in the archive).
 MANIFEST_RELPATH = ".ezpz/manifest.json"
+#: The marker ezpz writes into every tree it installs.
+MARKER_RELPATH = ".ezpz/installed.json"
 #: Where a bundled interpreter tree lives inside the environment.
 BUNDLED_PYTHON_RELPATH = ".ezpz/python"
 
 KINDS = ("venv", "conda", "data")
-#: Longest manifest accepted by read_manifest (a corrupt header must not make us allocate GBs).
-MANIFEST_MAX = 256 * 1024 * 1024
+#: Longest manifest accepted (bytes), checked before it is read: a real one lists the files
+#: that hold the prefix, a few hundred KB even for large conda environments.
+MANIFEST_MAX = 16 << 20
+#: JSON values (objects, arrays and commas counted) a manifest may hold: parsed, each costs
+#: up to a few hundred bytes, so this keeps a hostile manifest well under 100 MB.
+MANIFEST_ITEMS = 400_000
 
 
 @dataclass
@@ -65,57 +76,158 @@ class Manifest:
         return json.dumps(asdict(self), indent=1, sort_keys=True)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Manifest:
+    def from_dict(cls, data: Any) -> Manifest:
+        """The manifest described by ``data``; ValueError (one line, naming the field) for a
+        wrong type or value. Keys from newer versions are ignored."""
         if not isinstance(data, dict):
             raise ValueError(f"a manifest is a JSON object, not {type(data).__name__}")
-        known = {f for f in cls.__dataclass_fields__}  # ignore keys from newer versions
-        kwargs = {k: v for k, v in data.items() if k in known}
-        kwargs["prefix_files"] = [PrefixFile(**p) if isinstance(p, dict) else PrefixFile(str(p))
-                                  for p in kwargs.get("prefix_files", [])]
+        kwargs: dict[str, Any] = {}
+        for key, (types, required) in _SCHEMA.items():
+            if key not in data:
+                if required:
+                    raise ValueError(f"the manifest has no {key!r}")
+                continue
+            value = data[key]
+            if not _is(value, types):
+                raise ValueError(f"manifest field {key!r} must be {_describe(types)}, not "
+                                 f"{type(value).__name__}")
+            kwargs[key] = value
+        if kwargs["kind"] not in KINDS:
+            raise ValueError(f"manifest field 'kind' is {kwargs['kind']!r}; expected one of "
+                             f"{', '.join(KINDS)}")
+        name = kwargs["name"]
+        if not name or "/" in name or name in (".", "..") or "\x00" in name:
+            raise ValueError(f"manifest field 'name' is {name!r}, not a directory name")
+        for key in ("files", "dirs", "symlinks", "total_bytes"):
+            if kwargs.get(key, 0) < 0:
+                raise ValueError(f"manifest field {key!r} is negative")
+        kwargs["prefix_files"] = [_prefix_file(p) for p in kwargs.get("prefix_files", [])]
+        if not all(isinstance(x, str) for x in kwargs.get("excludes", [])):
+            raise ValueError("manifest field 'excludes' must be a list of strings")
+        frames = kwargs.get("frames", [])
+        if not all(_is(x, (int,)) and x >= 0 for x in frames) or \
+                any(b <= a for a, b in zip(frames, frames[1:])):
+            raise ValueError("manifest field 'frames' must be a list of increasing offsets "
+                             "(non-negative integers)")
         return cls(**kwargs)
 
     @classmethod
     def from_json(cls, text: str | bytes) -> Manifest:
-        return cls.from_dict(json.loads(text))
+        """Parse a manifest; ValueError (one line) when it is too large, not JSON or not a
+        manifest."""
+        raw = text.encode() if isinstance(text, str) else text
+        if len(raw) > MANIFEST_MAX:
+            raise ValueError(f"the manifest holds {len(raw)} bytes, more than the "
+                             f"{MANIFEST_MAX >> 20} MiB ezpz accepts")
+        items = raw.count(b",") + raw.count(b"{") + raw.count(b"[")
+        if items > MANIFEST_ITEMS:
+            raise ValueError(f"the manifest holds about {items} values, more than the "
+                             f"{MANIFEST_ITEMS} ezpz accepts")
+        try:
+            data = json.loads(raw)
+        except RecursionError:
+            raise ValueError("the manifest nests too deeply") from None
+        except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+            raise ValueError(f"the manifest is not valid JSON ({str(exc).splitlines()[0]})") \
+                from None
+        return cls.from_dict(data)
 
     @classmethod
     def load(cls, env_root: str | os.PathLike[str]) -> Manifest | None:
-        """The manifest of an extracted environment, or None when it has none."""
-        path = os.path.join(env_root, MANIFEST_RELPATH)
-        if not os.path.isfile(path):
-            return None
-        with open(path, "rb") as fh:
-            return cls.from_json(fh.read())
+        """The manifest of an extracted environment, or None when it has none. It is read
+        beneath ``env_root`` without following a symlink (OSError for one on the way) and
+        refused (ValueError) when larger than MANIFEST_MAX."""
+        with Anchor(os.fspath(env_root)) as root:
+            try:
+                data = root.read_bytes(MANIFEST_RELPATH, MANIFEST_MAX)
+            except FileNotFoundError:
+                return None
+            except OSError as exc:
+                if exc.errno == errno.EFBIG:
+                    raise ValueError(f"{root.show(MANIFEST_RELPATH)}: larger than the "
+                                     f"{MANIFEST_MAX >> 20} MiB ezpz accepts") from None
+                raise
+        return cls.from_json(data)
+
+
+_SCHEMA: dict[str, tuple[tuple[type, ...], bool]] = {
+    "kind": ((str,), True),
+    "name": ((str,), True),
+    "prefix": ((str,), True),
+    "format": ((int,), False),
+    "python_version": ((str, type(None)), False),
+    "python_implementation": ((str, type(None)), False),
+    "files": ((int,), False),
+    "dirs": ((int,), False),
+    "symlinks": ((int,), False),
+    "total_bytes": ((int,), False),
+    "prefix_files": ((list,), False),
+    "bundled_python_prefix": ((str, type(None)), False),
+    "codec": ((str, type(None)), False),
+    "created_host": ((str, type(None)), False),
+    "created_time": ((str, type(None)), False),
+    "ezpz_version": ((str, type(None)), False),
+    "excludes": ((list,), False),
+    "source": ((dict,), False),
+    "frames": ((list,), False),
+}
+
+
+def _is(value: Any, types: tuple[type, ...]) -> bool:
+    if isinstance(value, bool) and bool not in types:  # JSON true is not a number here
+        return False
+    return isinstance(value, types)
+
+
+def _describe(types: tuple[type, ...]) -> str:
+    names = {str: "a string", int: "an integer", list: "a list", dict: "an object",
+             type(None): "null"}
+    return " or ".join(names[t] for t in types)
+
+
+def _prefix_file(p: Any) -> PrefixFile:
+    if isinstance(p, str):
+        return PrefixFile(p)
+    if not isinstance(p, dict) or not isinstance(p.get("path"), str) or \
+            not isinstance(p.get("mode", "text"), str):
+        raise ValueError("manifest field 'prefix_files' must list strings or objects with a "
+                         "string 'path' and 'mode'")
+    return PrefixFile(p["path"], p.get("mode", "text"))
+
+
+def _is_manifest(m: Member) -> bool:
+    parts = m.name.split("/")
+    return m.isreg() and len(parts) == 3 and "/".join(parts[1:]) == MANIFEST_RELPATH
 
 
 def read_manifest(path: str | os.PathLike[str]) -> Manifest | None:
     """The manifest of an archive, or None when its first member is not an ezpz manifest.
 
-    Only the start of the archive is decoded. Raises :class:`ArchiveError` when the file
-    cannot be read or is not a tar archive in a known codec.
+    Only the start of the archive is decoded, through the one tar reader; a manifest larger
+    than MANIFEST_MAX is refused before it is read. Raises :class:`ArchiveError` (one line)
+    when the file cannot be read, is not a tar archive in a known codec, or its manifest is
+    malformed.
     """
     try:
         stream, _codec, fh = open_file(path)
     except OSError as exc:
         raise ArchiveError(f"{path}: cannot read ({exc.strerror})") from exc
     try:
-        with tarfile.open(fileobj=stream, mode="r|") as tf:
-            first = tf.next()
-            if first is None or not first.isfile():
-                return None
-            parts = first.name.split("/")
-            if len(parts) != 3 or "/".join(parts[1:]) != MANIFEST_RELPATH:
-                return None
-            if first.size > MANIFEST_MAX:
-                raise ArchiveError(f"{path}: manifest member is implausibly large "
-                                   f"({first.size} bytes); the archive is corrupt")
-            fobj = tf.extractfile(first)
-            data = fobj.read() if fobj is not None else b""
+        reader = TarReader(stream, str(path), read_size=64 << 10)
+        first = reader.next()
+        if first is None or not _is_manifest(first):
+            return None
+        if first.size > MANIFEST_MAX:
+            raise ArchiveError(f"{path}: the manifest member declares {first.size} bytes, more "
+                               f"than the {MANIFEST_MAX >> 20} MiB ezpz accepts; the archive is "
+                               "corrupt or was not made by ezpz-tar-env")
+        data = reader.read_data(MANIFEST_MAX)
         return Manifest.from_json(data)
     except ArchiveError:
         raise
-    except (tarfile.TarError, EOFError, ValueError, TypeError, OSError) as exc:
-        raise ArchiveError(f"{path}: not a readable ezpz archive ({exc})") from exc
+    except (EOFError, ValueError, TypeError, OSError) as exc:
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ArchiveError(f"{path}: not a readable ezpz archive ({msg})") from exc
     except Exception as exc:  # zstandard.ZstdError and friends
         if type(exc).__module__.startswith("zstandard"):
             raise ArchiveError(f"{path}: corrupt zstd data ({exc})") from exc
@@ -127,17 +239,11 @@ def read_manifest(path: str | os.PathLike[str]) -> Manifest | None:
             fh.close()
 
 
-def iter_members(path: str | os.PathLike[str]) -> Iterator[tuple[tarfile.TarInfo, bytes | None]]:
-    """(TarInfo, data or None) for every member, streaming (tests and tools)."""
+def iter_members(path: str | os.PathLike[str]) -> Iterator[tuple[Member, bytes | None]]:
+    """(Member, data or None) for every member, streaming (tests and tools)."""
     stream, _codec, fh = open_file(path)
     try:
-        with tarfile.open(fileobj=stream, mode="r|") as tf:
-            for info in tf:
-                fobj = tf.extractfile(info) if info.isfile() else None
-                data = fobj.read() if fobj is not None else None
-                yield info, data
+        yield from iter_archive(stream, str(path))
     finally:
         stream.close()
         fh.close()
-
-

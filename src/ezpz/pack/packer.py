@@ -32,7 +32,13 @@ from ..config import ArchiveSpec, EnvSpec, TarEnvConfig, format_size
 from ..envkind import detect_kind
 from ..errors import ArchiveError, ConfigError
 from ..formats import codecs
-from ..formats.manifest import BUNDLED_PYTHON_RELPATH, MANIFEST_RELPATH, Manifest, read_manifest
+from ..formats.manifest import (
+    BUNDLED_PYTHON_RELPATH,
+    MANIFEST_RELPATH,
+    MARKER_RELPATH,
+    Manifest,
+    read_manifest,
+)
 from ..log import get_logger
 from ..ownership import lstat_or_none, owner_name
 from . import bundle, outside
@@ -312,8 +318,10 @@ def pack(cfg: TarEnvConfig | None = None, **overrides: Any) -> Path:
                                 cfg.env)
 
     # The manifest of an environment that was itself unpacked from an ezpz archive is
-    # replaced by the new one, never duplicated.
-    tree = archive_tree.walk_tree(str(prefix), name, excluded, skip={MANIFEST_RELPATH})
+    # replaced by the new one, never duplicated; its install marker stays behind (a name
+    # extraction refuses in an archive).
+    tree = archive_tree.walk_tree(str(prefix), name, excluded,
+                                  skip={MANIFEST_RELPATH, MARKER_RELPATH})
     bundled = None
     if bundle_root is not None:
         bundled = archive_tree.walk_tree(bundle_root, f"{name}/{BUNDLED_PYTHON_RELPATH}",

@@ -19,9 +19,12 @@ rewrite ``/tmp/env/bin/pip`` silently runs the interpreter on the shared filesys
   venv's ``home``/``executable`` keys and ``bin/python*`` links are pointed at it, and its
   absolute library run path is replaced by an ``$ORIGIN``-relative one.
 
-Every changed file is first written next to itself under a temporary name (mode kept); only
-when all of them are written are they renamed into place, so an error leaves the tree as it
-was. The transfer worker calls this on each node's staging directory with ``new_prefix`` set
+Every file is reached through the tree's anchor (:mod:`ezpz.anchored`): nothing is read,
+written or re-pointed through a symlink (a path with a link on the way is refused, a listed
+file that is a link is left as it is), walks are iterative, and files are rewritten from
+descriptor to descriptor in bounded memory (:mod:`.stream`). Every changed file is first
+written next to itself under a temporary name (mode kept); only when all of them are written
+are they renamed into place, so an error leaves the tree as it was. The transfer worker calls this on each node's staging directory with ``new_prefix`` set
 to the final destination, before the atomic rename.
 """
 
@@ -31,8 +34,8 @@ import dataclasses
 import os
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
+from ..anchored import Anchor
 from ..envkind import activation_hint
 from ..errors import RelocateError
 from ..formats.manifest import BUNDLED_PYTHON_RELPATH, MANIFEST_RELPATH, Manifest
@@ -76,57 +79,69 @@ def relocate(root: str | os.PathLike[str], new_prefix: str | os.PathLike[str] | 
     root_s = os.fspath(root)
     if not os.path.isdir(root_s):
         raise RelocateError(f"cannot relocate {root_s}: not a directory")
-    root_p = Path(os.path.abspath(root_s))
-    new = os.path.normpath(os.path.abspath(os.fspath(new_prefix) if new_prefix is not None else root_s))
+    new = os.path.normpath(os.path.abspath(os.fspath(new_prefix) if new_prefix is not None
+                                           else root_s))
     _check_new_prefix(new)
+    try:
+        anchor = Anchor(os.path.abspath(root_s))
+    except OSError as exc:
+        raise RelocateError(f"cannot relocate {root_s}: {exc.strerror or exc}") from None
+    with anchor:
+        return _relocate(anchor, new, manifest, old_prefix, t0)
 
+
+def _relocate(root: Anchor, new: str, manifest: Manifest | None, old_prefix: str | None,
+              t0: float) -> RelocateReport:
+    where = root.path
     if manifest is None:
         try:
-            manifest = Manifest.load(root_p)
+            manifest = Manifest.load(where)
         except (OSError, ValueError, TypeError) as exc:
-            raise RelocateError(f"cannot read {root_p / MANIFEST_RELPATH}: {exc}") from None
+            raise RelocateError(f"cannot read {os.path.join(where, MANIFEST_RELPATH)}: "
+                                f"{exc}") from None
 
     scanned = False
     bundled: str | None = None
+    old: str | None
     if manifest is not None:
         kind, old = manifest.kind, old_prefix or manifest.prefix
         bundled = manifest.bundled_python_prefix
         entries = [(p.path, p.mode) for p in manifest.prefix_files]
     else:
-        kind, found = detect_env(root_p)
+        kind, found = detect_env(root)
         old = old_prefix or found
         entries = []
     if kind not in ("venv", "conda", "data"):
-        raise RelocateError(f"cannot relocate {root_p}: unknown environment kind {kind!r}")
+        raise RelocateError(f"cannot relocate {where}: unknown environment kind {kind!r}")
     if kind == "data":
         return RelocateReport(kind, old, new, 0, time.perf_counter() - t0, False)
     if not old:
-        raise RelocateError(f"cannot relocate {root_p}: no manifest and no old prefix found in "
+        raise RelocateError(f"cannot relocate {where}: no manifest and no old prefix found in "
                             "bin/activate, pyvenv.cfg or script shebangs; pass --from OLD_PREFIX")
     old = os.path.normpath(old)
     if not os.path.isabs(old) or old == os.sep:
-        raise RelocateError(f"cannot relocate {root_p}: old prefix {old!r} is not an absolute "
+        raise RelocateError(f"cannot relocate {where}: old prefix {old!r} is not an absolute "
                             "path below /")
     if bundled:
         bundled = os.path.normpath(bundled)
-        if not (root_p / BUNDLED_PYTHON_RELPATH).is_dir():
-            raise RelocateError(f"cannot relocate {root_p}: the manifest names a bundled "
+        if root.kind(BUNDLED_PYTHON_RELPATH) != "dir":
+            raise RelocateError(f"cannot relocate {where}: the manifest names a bundled "
                                 f"interpreter but {BUNDLED_PYTHON_RELPATH}/ is missing")
 
     if manifest is None:
         scanned = True
         log.info("%s has no manifest: scanning every file for %s (slower than an archive made "
-                 "by ezpz-tar-env)", root_p, old)
-        entries = scan_prefix_files(root_p, old)
+                 "by ezpz-tar-env)", where, old)
+        entries = scan_prefix_files(root, old)
 
-    plan = Plan(root_p, old, new, bundled)
+    plan = Plan(root, old, new, bundled)
     plan.add_entries(entries)
     if kind == "venv":
         plan.add_venv_extras()
     if bundled:
         plan.add_bundled_extras()
     plan.add_links(full_walk=scanned)
-    if manifest is not None and (root_p / MANIFEST_RELPATH).is_file():
+    if manifest is not None and root.kind(MANIFEST_RELPATH) == "file":
         # The manifest now describes the tree where it lives, so relocating again works. The
         # packer's facts about the original tree (paths, mtimes) do not describe this copy.
         moved = dataclasses.replace(manifest, prefix=new,
@@ -139,10 +154,8 @@ def relocate(root: str | os.PathLike[str], new_prefix: str | os.PathLike[str] | 
     log.info("relocated %s %s -> %s: %d files, %d links in %.3fs%s", kind, old, new, rewritten,
              links, seconds, " (scanned)" if scanned else "")
     if kind == "venv" and not bundled:
-        _warn_missing_home(root_p)
+        _warn_missing_home(root)
     return RelocateReport(kind, old, new, rewritten, seconds, scanned, links)
-
-
 
 
 def _check_new_prefix(new: str) -> None:
@@ -153,9 +166,9 @@ def _check_new_prefix(new: str) -> None:
                                 "backslashes, '$', '`' or line breaks")
 
 
-def _warn_missing_home(root: Path) -> None:
+def _warn_missing_home(root: Anchor) -> None:
     try:
-        lines = (root / "pyvenv.cfg").read_text(errors="replace").splitlines()
+        lines = root.read_bytes("pyvenv.cfg", 1 << 20).decode(errors="replace").splitlines()
     except OSError:
         return
     for line in lines:

@@ -1,40 +1,56 @@
 """Finding what to relocate in a tree without a manifest: the kind and old prefix of the
-environment, and the files that hold that prefix."""
+environment, and the files that hold that prefix.
+
+Everything is read through the tree's anchor (:mod:`ezpz.anchored`): no symlink is followed
+(a ``bin/activate`` planted as a link to a file elsewhere is not read), and the small files
+read whole are read up to ``SMALL_MAX`` bytes.
+"""
 
 from __future__ import annotations
 
 import os
 import re
 import shlex
+import stat
 from collections import Counter
-from pathlib import Path
 
+from ..anchored import Anchor
 from ..errors import EzpzError, RelocateError
 from ..formats.prefix import find_prefix_files
 from .rewrite import SCAN_CHUNK, SKIP_SUFFIXES, TRAMPOLINE
 
+#: Largest activate script, pyvenv.cfg or conda history read to find the old prefix.
+SMALL_MAX = 4 << 20
 
-def detect_env(root: str | os.PathLike[str]) -> tuple[str, str | None]:
+
+def _read_text(root: Anchor, rel: str) -> str | None:
+    try:
+        return root.read_bytes(rel, SMALL_MAX).decode(errors="replace")
+    except OSError:
+        return None
+
+
+def detect_env(root: str | os.PathLike[str] | Anchor) -> tuple[str, str | None]:
     """``(kind, old_prefix)`` of an unpacked tree without a manifest.
 
     ``kind`` is ``venv`` (``pyvenv.cfg``), ``conda`` (``conda-meta/``) or ``data``. The old
     prefix comes from ``bin/activate``, then ``pyvenv.cfg``'s ``command``, then the scripts'
     shebangs; None when nothing names it.
     """
-    root = Path(root)
-    if (root / "pyvenv.cfg").is_file():
+    if not isinstance(root, Anchor):
+        with Anchor(os.fspath(root)) as anchor:
+            return detect_env(anchor)
+    if root.kind("pyvenv.cfg") == "file":
         return "venv", (_prefix_from_activate(root) or _prefix_from_pyvenv_cfg(root)
                         or _prefix_from_shebangs(root))
-    if (root / "conda-meta").is_dir():
+    if root.kind("conda-meta") == "dir":
         return "conda", _prefix_from_shebangs(root) or _prefix_from_conda_history(root)
     return "data", None
 
 
-
-def _prefix_from_activate(root: Path) -> str | None:
-    try:
-        text = (root / "bin" / "activate").read_text(errors="replace")
-    except OSError:
+def _prefix_from_activate(root: Anchor) -> str | None:
+    text = _read_text(root, "bin/activate")
+    if text is None:
         return None
     for m in re.finditer(r"^\s*(?:export\s+)?VIRTUAL_ENV=(.+)$", text, re.M):
         value = m.group(1).strip()
@@ -49,12 +65,11 @@ def _prefix_from_activate(root: Path) -> str | None:
     return None
 
 
-def _prefix_from_pyvenv_cfg(root: Path) -> str | None:
-    try:
-        lines = (root / "pyvenv.cfg").read_text(errors="replace").splitlines()
-    except OSError:
+def _prefix_from_pyvenv_cfg(root: Anchor) -> str | None:
+    text = _read_text(root, "pyvenv.cfg")
+    if text is None:
         return None
-    for line in lines:
+    for line in text.splitlines():
         key, sep, value = line.partition("=")
         if sep and key.strip() == "command":
             try:
@@ -66,22 +81,14 @@ def _prefix_from_pyvenv_cfg(root: Path) -> str | None:
     return None
 
 
-def _prefix_from_shebangs(root: Path) -> str | None:
+def _prefix_from_shebangs(root: Anchor) -> str | None:
     """The most common ``<prefix>`` among ``bin/`` scripts run by ``<prefix>/bin/python*``."""
     seen: Counter[str] = Counter()
-    bindir = root / "bin"
-    try:
-        names = sorted(os.listdir(bindir))
-    except OSError:
-        return None
-    for name in names:
-        path = bindir / name
-        if path.is_symlink() or not path.is_file():
+    for entry in root.listdir("bin"):
+        if entry.kind != "file":
             continue
-        try:
-            with open(path, "rb") as fh:
-                head = fh.read(1024)
-        except OSError:
+        head = _head(root, f"bin/{entry.name}", 1024)
+        if head is None:
             continue
         if not head.startswith(b"#!"):
             continue
@@ -102,12 +109,11 @@ def _prefix_from_shebangs(root: Path) -> str | None:
     return seen.most_common(1)[0][0] if seen else None
 
 
-def _prefix_from_conda_history(root: Path) -> str | None:
-    try:
-        lines = (root / "conda-meta" / "history").read_text(errors="replace").splitlines()
-    except OSError:
+def _prefix_from_conda_history(root: Anchor) -> str | None:
+    text = _read_text(root, "conda-meta/history")
+    if text is None:
         return None
-    for line in lines:
+    for line in text.splitlines():
         if not line.startswith("# cmd:"):
             continue
         try:
@@ -122,55 +128,92 @@ def _prefix_from_conda_history(root: Path) -> str | None:
     return None
 
 
-def scan_prefix_files(root: Path, old: str) -> list[tuple[str, str]]:
+def scan_prefix_files(root: Anchor, old: str) -> list[tuple[str, str]]:
     """Every regular file holding ``old`` (``.pyc`` aside), as (relative path, text|binary):
     the scan ``ezpz-tar-env`` records in the manifest, done here on the delivered tree."""
     try:
-        found = find_prefix_files(str(root), old)
+        found = find_prefix_files(root, old)
     except EzpzError as exc:
-        raise RelocateError(f"cannot relocate {root}: {exc}") from None
+        raise RelocateError(f"cannot relocate {root.path}: {exc}") from None
     return [(p.path, p.mode) for p in found if not p.path.endswith(SKIP_SUFFIXES)]
 
 
 # --------------------------------------------------------------------------------------------
-# file helpers
+# file helpers (anchored, streaming)
 
 
-def file_contains(path: Path, needles: list[bytes]) -> bool:
+def _head(root: Anchor, rel: str, n: int) -> bytes | None:
+    try:
+        fd = root.open(rel, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        return os.read(fd, n)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def _blocks(root: Anchor, rel: str) -> list[int] | None:
+    """A descriptor of the regular file ``rel`` in a list (closed by the caller), or None."""
+    try:
+        fd = root.open(rel, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError:
+        return None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        return None
+    return [fd]
+
+
+def file_contains(root: Anchor, rel: str, needles: list[bytes]) -> bool:
+    got = _blocks(root, rel)
+    if got is None:
+        return False
+    fd = got[0]
     overlap = max(len(n) for n in needles) - 1
     try:
-        with open(path, "rb") as fh:
-            tail = b""
-            while True:
-                chunk = fh.read(SCAN_CHUNK)
-                if not chunk:
-                    return False
-                buf = tail + chunk
-                if any(n in buf for n in needles):
-                    return True
-                tail = buf[-overlap:] if overlap > 0 else b""
+        tail = b""
+        while True:
+            chunk = os.read(fd, SCAN_CHUNK)
+            if not chunk:
+                return False
+            buf = tail + chunk
+            if any(n in buf for n in needles):
+                return True
+            tail = buf[-overlap:] if overlap > 0 else b""
     except OSError:
         return False
+    finally:
+        os.close(fd)
 
 
-def has_nul(path: Path) -> bool:
+def has_nul(root: Anchor, rel: str) -> bool:
+    got = _blocks(root, rel)
+    if got is None:
+        return False
+    fd = got[0]
     try:
-        with open(path, "rb") as fh:
-            while True:
-                chunk = fh.read(SCAN_CHUNK)
-                if not chunk:
-                    return False
-                if b"\0" in chunk:
-                    return True
+        while True:
+            chunk = os.read(fd, SCAN_CHUNK)
+            if not chunk:
+                return False
+            if b"\0" in chunk:
+                return True
     except OSError:
         return False
+    finally:
+        os.close(fd)
 
 
-def is_elf(path: Path) -> bool:
+def is_elf(root: Anchor, rel: str) -> bool:
+    got = _blocks(root, rel)
+    if got is None:
+        return False
     try:
-        with open(path, "rb") as fh:
-            return fh.read(4) == b"\x7fELF"
+        return os.read(got[0], 4) == b"\x7fELF"
     except OSError:
         return False
-
-
+    finally:
+        os.close(got[0])

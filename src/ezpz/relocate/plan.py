@@ -1,29 +1,39 @@
 """The relocation plan: decide every change, write them all to temporary files, then
-rename them in place (an error leaves the tree as it was)."""
+rename them in place (an error leaves the tree as it was).
+
+Every file is opened, created, renamed or removed through the tree's anchor
+(:mod:`ezpz.anchored`): a path with a symlink anywhere in it is refused, a file is never
+written through a link, and the rewritten version is a new file renamed over the old one.
+Files are rewritten from descriptor to descriptor in bounded memory (:mod:`.stream`).
+"""
 
 from __future__ import annotations
 
 import os
-import re
 import stat
 from collections.abc import Iterable
-from pathlib import Path
 
+from ..anchored import Anchor, is_escape
 from ..errors import RelocateError
 from ..formats.manifest import BUNDLED_PYTHON_RELPATH, MANIFEST_RELPATH
 from ..log import get_logger
 from .detect import file_contains, has_nul, is_elf
-from .rewrite import SKIP_SUFFIXES, TMP_SUFFIX, Rewriter
+from .rewrite import SKIP_SUFFIXES, TMP_SUFFIX, Rewriter, _rewrite_shebang
+from .stream import CHUNK, BinaryPadding, chunks, rewrite_segments, stream_sub
 
 log = get_logger(__name__)
 
+#: Largest conda-meta record rewritten (in memory: its placeholders must be seen whole).
+CONDA_META_MAX = 64 << 20
+_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+
 
 class Plan:
-    def __init__(self, root: Path, old: str, new: str, bundled: str | None):
+    def __init__(self, root: Anchor, old: str, new: str, bundled: str | None):
         self.root, self.old, self.new, self.bundled = root, old, new, bundled
         self.bundled_new = os.path.join(new, BUNDLED_PYTHON_RELPATH) if bundled else None
         pairs = [(old, new)]
-        if bundled and bundled != old:
+        if bundled and bundled != old and self.bundled_new:
             pairs.append((bundled, self.bundled_new))
         self.text_rw = Rewriter(pairs)
         self.binary_rw = Rewriter([(old, new)])
@@ -46,57 +56,51 @@ class Plan:
     def add_venv_extras(self) -> None:
         """pyvenv.cfg and every script in bin/, whether or not a manifest listed them."""
         needles = [os.fsencode(self.old)] + ([os.fsencode(self.bundled)] if self.bundled else [])
-        for rel in ["pyvenv.cfg"] + self._listdir("bin"):
-            path = self.root / rel
-            if rel in self.files or path.is_symlink() or not path.is_file():
+        for rel in ["pyvenv.cfg"] + self._listdir("bin", "file"):
+            if rel in self.files or self.root.kind(rel) != "file":
                 continue
-            if file_contains(path, needles):
-                self.files[rel] = "binary" if has_nul(path) else "text"
+            if file_contains(self.root, rel, needles):
+                self.files[rel] = "binary" if has_nul(self.root, rel) else "text"
 
     def add_bundled_extras(self) -> None:
         """The bundled interpreter's scripts, sysconfig data, pkg-config files and run paths."""
         assert self.bundled is not None
         base = BUNDLED_PYTHON_RELPATH
         needle = [os.fsencode(self.bundled)]
-        candidates = [r for r in self._listdir(f"{base}/bin")]
-        candidates += [r for r in self._listdir(f"{base}/lib") if ".so" in os.path.basename(r)]
-        for d in self._listdir(f"{base}/lib"):
-            if os.path.basename(d).startswith("python") and (self.root / d).is_dir():
-                candidates += [r for r in self._listdir(d)
+        candidates = self._listdir(f"{base}/bin", "file")
+        candidates += [r for r in self._listdir(f"{base}/lib", "file")
+                       if ".so" in os.path.basename(r)]
+        for d in self._listdir(f"{base}/lib", "dir"):
+            if os.path.basename(d).startswith("python"):
+                candidates += [r for r in self._listdir(d, "file")
                                if os.path.basename(r).startswith("_sysconfigdata")
                                and r.endswith(".py")]
-        candidates += [r for r in self._listdir(f"{base}/lib/pkgconfig") if r.endswith(".pc")]
+        candidates += [r for r in self._listdir(f"{base}/lib/pkgconfig", "file")
+                       if r.endswith(".pc")]
         # The venv's own interpreter copies (venv --copies) carry the same run path.
-        candidates += [r for r in self._listdir("bin") if os.path.basename(r).startswith("python")]
+        candidates += [r for r in self._listdir("bin", "file")
+                       if os.path.basename(r).startswith("python")]
         for rel in candidates:
-            path = self.root / rel
-            if rel in self.files or path.is_symlink() or not path.is_file():
+            if rel in self.files:
                 continue
-            if is_elf(path):
-                if file_contains(path, needle):
+            if is_elf(self.root, rel):
+                if file_contains(self.root, rel, needle):
                     self.files[rel] = "rpath"
-            elif file_contains(path, needle) and not has_nul(path):
+            elif file_contains(self.root, rel, needle) and not has_nul(self.root, rel):
                 self.files[rel] = "text"
 
     def add_links(self, full_walk: bool) -> None:
         """Symlinks pointing into the old prefix (or the bundled interpreter's) become relative."""
         if full_walk:
-            rels = []
-            for dirpath, dirnames, filenames in os.walk(self.root):
-                for name in dirnames + filenames:
-                    p = os.path.join(dirpath, name)
-                    if os.path.islink(p):
-                        rels.append(os.path.relpath(p, self.root))
+            rels = [f"{d}/{e.name}" if d else e.name for d, entries in self.root.walk()
+                    for e in entries if e.kind == "link"]
         else:
-            rels = self._listdir("bin")
+            rels = self._listdir("bin", "link")
             if self.bundled:
-                rels += self._listdir(f"{BUNDLED_PYTHON_RELPATH}/bin")
-                rels += self._listdir(f"{BUNDLED_PYTHON_RELPATH}/lib")
+                rels += self._listdir(f"{BUNDLED_PYTHON_RELPATH}/bin", "link")
+                rels += self._listdir(f"{BUNDLED_PYTHON_RELPATH}/lib", "link")
         for rel in rels:
-            path = self.root / rel
-            if not path.is_symlink():
-                continue
-            target = os.readlink(path)
+            target = self.root.readlink(rel)
             if not os.path.isabs(target):
                 continue
             inside = self._inside_env(os.path.normpath(target))
@@ -117,39 +121,43 @@ class Plan:
                 staged.append(self._stage_link(rel, target))
             for rel, content in sorted(self.writes.items()):
                 staged.append(self._write_tmp(rel, content,
-                                              stat.S_IMODE(os.lstat(self.root / rel).st_mode)))
+                                              stat.S_IMODE(self.root.lstat(rel).st_mode)))
         except BaseException:
             for tmp, _ in staged:
-                _unlink_quiet(tmp)
+                self._unlink_quiet(tmp)
             raise
         for i, (tmp, final) in enumerate(staged):
             try:
-                os.replace(tmp, final)
+                self.root.rename(tmp, final)
             except OSError as exc:
                 for left, _ in staged[i:]:
-                    _unlink_quiet(left)
-                raise RelocateError(f"relocation of {self.root} stopped half-way: cannot replace "
-                                    f"{final}: {exc.strerror or exc}; unpack it again") from None
+                    self._unlink_quiet(left)
+                raise RelocateError(f"relocation of {self.root.path} stopped half-way: cannot "
+                                    f"replace {final}: {exc.strerror or exc}; unpack it "
+                                    "again") from None
         return len(staged) - len(self.links) - len(self.writes), len(self.links)
 
     def _precheck(self) -> None:
         """Refuse before writing anything: missing files, escapes, binary prefixes that do not fit."""
         grow = len(os.fsencode(self.new)) > len(os.fsencode(self.old))
         for rel, mode in sorted(self.files.items()):
-            path = self.root / rel
             try:
-                st = os.lstat(path)
+                st = self.root.lstat(rel)
             except FileNotFoundError:
-                raise RelocateError(f"cannot relocate {self.root}: {rel} is listed in the manifest "
-                                    "but missing") from None
+                raise RelocateError(f"cannot relocate {self.root.path}: {rel} is listed in the "
+                                    "manifest but missing") from None
+            except OSError as exc:
+                if is_escape(exc):
+                    raise RelocateError(f"cannot relocate {self.root.path}: {rel} lies outside "
+                                        "the environment (through a symlink)") from None
+                raise
             if stat.S_ISLNK(st.st_mode):
                 continue
             if not stat.S_ISREG(st.st_mode):
-                raise RelocateError(f"cannot relocate {self.root}: {rel} is not a regular file")
-            if not _within(self.root, path.parent):
-                raise RelocateError(f"cannot relocate {self.root}: {rel} lies outside the "
-                                    "environment (through a symlink)")
-            if mode == "binary" and grow and file_contains(path, [os.fsencode(self.old)]):
+                raise RelocateError(f"cannot relocate {self.root.path}: {rel} is not a regular "
+                                    "file")
+            if mode == "binary" and grow and file_contains(self.root, rel,
+                                                           [os.fsencode(self.old)]):
                 o, n = os.fsencode(self.old), os.fsencode(self.new)
                 raise RelocateError(
                     f"cannot relocate {rel}: it is a binary file holding the old prefix "
@@ -157,77 +165,129 @@ class Plan:
                     "bytes) is longer; choose a destination path no longer than the old prefix")
 
     def _stage_file(self, rel: str, mode: str) -> tuple[str, str] | None:
-        path = self.root / rel
-        st = os.lstat(path)
-        if stat.S_ISLNK(st.st_mode):
-            return None
+        """The new version of ``rel`` written next to it, or None when nothing changes."""
+        if self.root.kind(rel) == "link":
+            return None  # a symlink listed as a file: left as it is (never written through)
         try:
-            data = path.read_bytes()
+            src = self.root.open(rel, os.O_RDONLY | os.O_NONBLOCK)
         except OSError as exc:
             raise RelocateError(f"cannot relocate {rel}: {exc.strerror or exc}") from None
-        if mode == "text" and b"\0" in data:
-            mode = "binary"  # a manifest from an older scan; never grow a binary
+        try:
+            st = os.fstat(src)
+            if not stat.S_ISREG(st.st_mode):
+                return None  # a symlink or another kind of file: left as it is
+            first = os.read(src, CHUNK)
+            if mode == "text" and (b"\0" in first or (len(first) == CHUNK and
+                                                      has_nul(self.root, rel))):
+                mode = "binary"  # a manifest from an older scan; never grow a binary
+            tmp = self._tmp_name(rel)
+            try:
+                dst = self.root.open(tmp, _NEW, 0o600)
+            except OSError as exc:
+                raise RelocateError(f"cannot relocate {rel}: writing its new version failed: "
+                                    f"{exc.strerror or exc}") from None
+            try:
+                changed = self._rewrite(rel, mode, src, dst, first, st.st_size)
+                os.fchmod(dst, stat.S_IMODE(st.st_mode))
+            except OSError as exc:
+                os.close(dst)
+                self._unlink_quiet(tmp)
+                raise RelocateError(f"cannot relocate {rel}: writing its new version failed: "
+                                    f"{exc.strerror or exc}") from None
+            except BaseException:
+                os.close(dst)
+                self._unlink_quiet(tmp)
+                raise
+            os.close(dst)
+            if not changed:
+                self._unlink_quiet(tmp)
+                return None
+            return tmp, rel
+        finally:
+            os.close(src)
+
+    def _rewrite(self, rel: str, mode: str, src: int, dst: int, first: bytes,
+                 size: int) -> bool:
+        def out(data: bytes) -> None:
+            view = memoryview(data)
+            while len(view):
+                view = view[os.write(dst, view):]
+
         if mode == "text":
-            conda_meta = rel.startswith("conda-meta/") and rel.endswith(".json")
-            new = self.text_rw.text(data, conda_meta=conda_meta)
-        elif mode == "binary":
-            new = self.binary_rw.binary(data, rel)
-        else:  # rpath
-            new = self._rewrite_rpath(data, rel)
-        if new == data:
-            return None
-        return self._write_tmp(rel, new, stat.S_IMODE(st.st_mode))
+            if rel.startswith("conda-meta/") and rel.endswith(".json"):
+                if size > CONDA_META_MAX:
+                    raise RelocateError(f"cannot relocate {rel}: a conda-meta record of {size} "
+                                        f"bytes (more than {CONDA_META_MAX >> 20} MiB)")
+                data = b"".join(chunks(src, first))
+                new = self.text_rw.text(data, conda_meta=True)
+                out(new)
+                return new != data
+            changed = False
+            if first.startswith(b"#!"):
+                head, first = _rewrite_shebang(first, self.text_rw)
+                if head:
+                    out(head)
+                    changed = True
+            rw = self.text_rw
+            return stream_sub(chunks(src, first), out, rw.regex, lambda m: rw.map[m.group(0)],
+                              max(map(len, rw.map))) or changed
+        if mode == "binary":
+            rw = self.binary_rw
+            pad = BinaryPadding(rel, self.old, self.new)
+            changed = stream_sub(chunks(src, first), out, rw.regex, lambda m: rw.map[m.group(0)],
+                                 max(map(len, rw.map)), pad.on_raw, pad.on_match)
+            out(pad.tail())
+            return changed
+        assert self.bundled is not None  # rpath
+        lib_old = os.fsencode(os.path.join(self.bundled, "lib"))
+        return rewrite_segments(chunks(src, first), out, lib_old,
+                                lambda seg: self._rpath_segment(seg, rel, lib_old))
+
+    def _tmp_name(self, rel: str) -> str:
+        head, _, leaf = rel.rpartition("/")
+        name = f".{leaf}{TMP_SUFFIX}.{os.getpid()}"
+        return f"{head}/{name}" if head else name
 
     def _write_tmp(self, rel: str, new: bytes, mode: int) -> tuple[str, str]:
-        path = self.root / rel
-        tmp = str(path.with_name(f".{path.name}{TMP_SUFFIX}.{os.getpid()}"))
+        tmp = self._tmp_name(rel)
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(new)
-            os.chmod(tmp, mode)
+            fd = self.root.open(tmp, _NEW, 0o600)
+            try:
+                view = memoryview(new)
+                while len(view):
+                    view = view[os.write(fd, view):]
+                os.fchmod(fd, mode)
+            finally:
+                os.close(fd)
         except OSError as exc:
-            _unlink_quiet(tmp)
+            self._unlink_quiet(tmp)
             raise RelocateError(f"cannot relocate {rel}: writing its new version failed: "
                                 f"{exc.strerror or exc}") from None
-        return tmp, str(path)
+        return tmp, rel
 
     def _stage_link(self, rel: str, target: str) -> tuple[str, str]:
-        path = self.root / rel
-        tmp = str(path.with_name(f".{path.name}{TMP_SUFFIX}.{os.getpid()}"))
+        tmp = self._tmp_name(rel)
         try:
-            os.symlink(target, tmp)
+            self.root.symlink(target, tmp)
         except OSError as exc:
             raise RelocateError(f"cannot relocate {rel}: re-pointing the link failed: "
                                 f"{exc.strerror or exc}") from None
-        return tmp, str(path)
+        return tmp, rel
 
-    def _rewrite_rpath(self, data: bytes, rel: str) -> bytes:
-        """Run-path entries ``<bundled>/lib`` → ``$ORIGIN/<relative>``, padded in place."""
-        assert self.bundled is not None
-        lib_old = os.fsencode(os.path.join(self.bundled, "lib"))
+    def _rpath_segment(self, seg: bytes, rel: str, lib_old: bytes) -> bytes | None:
+        """A run-path string with ``<bundled>/lib`` entries made ``$ORIGIN``-relative (padded
+        to its length), or None when it has none or no room."""
+        entries = seg.split(b":")
+        if not any(e.rstrip(b"/") == lib_old for e in entries):
+            return None
         lib_rel = os.path.relpath(os.path.join(BUNDLED_PYTHON_RELPATH, "lib"),
                                   os.path.dirname(rel) or ".")
         repl = b"$ORIGIN/" + os.fsencode(lib_rel)
-        out, pos = [], 0
-        for m in re.finditer(re.escape(lib_old) + rb"/?(?=[:\0])", data):
-            if m.start() < pos:
-                continue
-            start = data.rfind(b"\0", 0, m.start()) + 1
-            end = data.find(b"\0", m.end())
-            seg = data[start:end]
-            entries = seg.split(b":")
-            if not any(e.rstrip(b"/") == lib_old for e in entries):
-                continue
-            new = b":".join(repl if e.rstrip(b"/") == lib_old else e for e in entries)
-            if len(new) > len(seg):
-                log.warning("%s: run path %r has no room for %r; left unchanged", rel, seg, repl)
-                continue
-            out.append(data[pos:start])
-            out.append(new + b"\0" * (len(seg) - len(new)))
-            pos = end
-        out.append(data[pos:])
-        return b"".join(out)
+        new = b":".join(repl if e.rstrip(b"/") == lib_old else e for e in entries)
+        if len(new) > len(seg):
+            log.warning("%s: run path %r has no room for %r; left unchanged", rel, seg, repl)
+            return None
+        return new + b"\0" * (len(seg) - len(new))
 
     # -- small helpers ------------------------------------------------------------------------
 
@@ -240,37 +300,22 @@ class Plan:
             return os.path.relpath(target, self.old)
         return None
 
-    def _listdir(self, rel: str) -> list[str]:
-        try:
-            names = sorted(os.listdir(self.root / rel))
-        except (FileNotFoundError, NotADirectoryError):
-            return []
-        return [f"{rel}/{n}" for n in names if TMP_SUFFIX not in n]
+    def _listdir(self, rel: str, kind: str) -> list[str]:
+        """The entries of kind ``kind`` (file, dir, link) of directory ``rel``, sorted; none
+        when it is missing or behind a symlink."""
+        return [f"{rel}/{e.name}" for e in self.root.listdir(rel)
+                if e.kind == kind and TMP_SUFFIX not in e.name]
 
     def _safe_rel(self, rel: str) -> str:
         norm = os.path.normpath(rel)
-        if os.path.isabs(rel) or norm.split(os.sep)[0] == ".." or norm == ".":
-            raise RelocateError(f"cannot relocate {self.root}: manifest path {rel!r} is not a "
-                                "path inside the environment")
+        if os.path.isabs(rel) or norm.split(os.sep)[0] == ".." or norm == "." or "\0" in rel:
+            raise RelocateError(f"cannot relocate {self.root.path}: manifest path {rel!r} is not "
+                                "a path inside the environment")
         return norm.replace(os.sep, "/")
 
-
-# --------------------------------------------------------------------------------------------
-# shebangs
-
-
-
-
-def _within(root: Path, path: Path) -> bool:
-    real_root = os.path.realpath(root)
-    real = os.path.realpath(path)
-    return real == real_root or real.startswith(real_root.rstrip(os.sep) + os.sep)
-
-
-def _unlink_quiet(path: str) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
-
+    def _unlink_quiet(self, rel: str) -> None:
+        try:
+            self.root.unlink(rel)
+        except OSError:
+            pass
 

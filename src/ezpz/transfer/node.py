@@ -26,8 +26,10 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from .. import __version__
+from ..anchored import Anchor
 from ..config import Choice, format_size
 from ..errors import EzpzError, TransferError
+from ..formats.manifest import MARKER_RELPATH, RESERVED_DIR
 from ..fsutil import free_bytes, remove
 from ..log import get_logger
 from ..ownership import (
@@ -47,8 +49,9 @@ if TYPE_CHECKING:
 
 log = get_logger(__name__)
 
-#: The marker ezpz writes into every tree it installs (file mode: next to the file).
-MARKER_RELPATH = ".ezpz/installed.json"
+__all__ = ["MARKER_RELPATH", "NOT_REPLACED", "Action", "NodeInstall", "check_dst_on_node",
+           "install_state", "marker_path_for", "prepare_parent"]
+
 #: What ezpz tells a user whose dst is not ezpz's to do.
 NOT_REPLACED = ("ezpz never replaces it, whatever transfer.overwrite says: choose another "
                 "transfer.dst, or remove it yourself")
@@ -397,47 +400,58 @@ class NodeInstall:
 
     # -- install -----------------------------------------------------------------------
     def install(self, tree: str, digest: str) -> None:
-        """Write the marker into ``tree`` and rename it to dst (replacing an old dst)."""
+        """Write the marker into ``tree`` and rename it to dst (replacing an old dst).
+
+        Every step is anchored (:mod:`ezpz.anchored`): the marker is created under the
+        tree's own ``.ezpz/`` (a symlink there, or at any parent, is refused, never
+        followed) and renamed into place; the renames and removals name entries of dst's
+        parent directory, opened once.
+        """
         mark = self.marker(digest)
-        if self.file_mode:
-            tmp_mark = self.marker_path + f".{os.getpid()}"
-            with open(tmp_mark, "w") as fh:
-                json.dump(mark, fh)
-            self.cleanup_paths.append(tmp_mark)
-        else:
-            os.makedirs(os.path.join(tree, ".ezpz"), exist_ok=True)
-            with open(os.path.join(tree, MARKER_RELPATH), "w") as fh:
-                json.dump(mark, fh, indent=1)
-        self._seal(tree, tmp_mark if self.file_mode else None)
-        self._check_archive_copy()
-        old = None
-        if os.path.lexists(self.dst):
-            if install_state(self.dst, self.file_mode)[0] is None:  # changed since preflight
-                raise TransferError(f"transfer.dst: {self.dst} was created or changed during "
-                                    f"the transfer and is not an ezpz install; {NOT_REPLACED}")
-            if _rename2(tree, self.dst, _RENAME_EXCHANGE):
-                # one atomic step: dst is never missing; the previous version is now at `tree`
-                old = tree
+        with Anchor(self.parent) as parent:
+            rel_tree = os.path.relpath(tree, self.parent)
+            tmp_mark: str | None = None
+            if self.file_mode:
+                tmp_mark = parent.temp_name(os.path.basename(self.marker_path))
+                self.cleanup_paths.append(os.path.join(self.parent, tmp_mark))
+                fd = parent.open(tmp_mark, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+                with os.fdopen(fd, "w") as fh:
+                    json.dump(mark, fh)
             else:
-                old = os.path.join(self.parent, f".{self.name}.ezpz-old-{self.token}")
-                os.rename(self.dst, old)
-                try:
-                    os.rename(tree, self.dst)
-                except OSError:
-                    os.rename(old, self.dst)  # put the previous version back
-                    raise
-        elif not _rename2(tree, self.dst, _RENAME_NOREPLACE):
-            if os.path.lexists(self.dst):
-                raise TransferError(f"transfer.dst: {self.dst} appeared during the transfer; "
-                                    f"{NOT_REPLACED}")
-            os.rename(tree, self.dst)
-        if self.file_mode:
-            os.replace(tmp_mark, self.marker_path)
-        if old:
-            remove(old)
-        self._place_archive_copy(digest)
-        if os.path.isdir(self.staging):
-            remove(self.staging)
+                with Anchor(tree, fd=parent.opendir(rel_tree, path_only=False)) as t:
+                    t.makedirs(RESERVED_DIR)
+                    t.write_file(MARKER_RELPATH, json.dumps(mark, indent=1).encode(), 0o644)
+            self._seal(tree, os.path.join(self.parent, tmp_mark) if tmp_mark else None)
+            self._check_archive_copy()
+            old = None
+            if parent.kind(self.name) is not None:
+                if install_state(self.dst, self.file_mode)[0] is None:  # changed since preflight
+                    raise TransferError(f"transfer.dst: {self.dst} was created or changed during "
+                                        f"the transfer and is not an ezpz install; {NOT_REPLACED}")
+                if parent.rename(rel_tree, self.name, exchange=True):
+                    # one atomic step: dst is never missing; the previous version is now at tree
+                    old = rel_tree
+                else:
+                    old = f".{self.name}.ezpz-old-{self.token}"
+                    parent.rename(self.name, old)
+                    try:
+                        parent.rename(rel_tree, self.name)
+                    except OSError:
+                        parent.rename(old, self.name)  # put the previous version back
+                        raise
+            elif not parent.rename(rel_tree, self.name, noreplace=True):
+                if parent.kind(self.name) is not None:
+                    raise TransferError(f"transfer.dst: {self.dst} appeared during the transfer; "
+                                        f"{NOT_REPLACED}")
+                parent.rename(rel_tree, self.name)
+            if tmp_mark:
+                parent.rename(tmp_mark, os.path.basename(self.marker_path))
+            if old:
+                parent.remove(old)
+            self._place_archive_copy(digest)
+            staging = os.path.basename(self.staging)
+            if parent.kind(staging) == "dir":
+                parent.remove(staging)
         self.cleanup_paths.clear()
 
     def _seal(self, tree: str, tmp_mark: str | None) -> None:
@@ -466,36 +480,9 @@ class NodeInstall:
                 os.close(fd)
 
     def cleanup(self) -> None:
+        """Remove what this transfer left next to dst (staging tree, partial copies):
+        iteratively, never following a symlink."""
         for path in self.cleanup_paths:
             remove(path)
         self.cleanup_paths.clear()
         self.unlock()
-
-
-_RENAME_NOREPLACE = 1
-_RENAME_EXCHANGE = 2
-_AT_FDCWD = -100
-
-
-def _rename2(a: str, b: str, flags: int) -> bool:
-    """Linux renameat2 with ``flags``: RENAME_EXCHANGE swaps ``a`` and ``b`` atomically,
-    RENAME_NOREPLACE renames ``a`` to ``b`` only while ``b`` does not exist.
-
-    False where the kernel, libc or filesystem cannot, or (NOREPLACE) when ``b`` exists; the
-    caller then decides.
-    """
-    import ctypes
-
-    try:
-        fn = ctypes.CDLL(None, use_errno=True).renameat2
-    except (OSError, AttributeError):
-        return False
-    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-    if fn(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), flags) == 0:
-        return True
-    err = ctypes.get_errno()
-    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP):
-        return False
-    if err == errno.EEXIST and flags == _RENAME_NOREPLACE:
-        return False
-    raise OSError(err, os.strerror(err), b)

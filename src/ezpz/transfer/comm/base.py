@@ -45,6 +45,16 @@ OBJ_SLOT = 8192
 #: collectives busy-poll: a rank waiting for a peer that is still busy extracting would burn
 #: a core the extraction needs (measured in benchmarks/bench_transfer.py).
 DATA_POLL = float(os.environ.get("EZPZ_BCAST_POLL", "0.0005"))
+#: Longest sleep (s) between tests of a control collective (the plan, status exchanges, node
+#: broadcasts). MPICH advances a non-blocking collective only inside an MPI call, so every
+#: step of its algorithm waits for the next test: a long sleep here multiplies by the steps
+#: (benchmarks/scale_model.py measured 119 ms per step with 50 ms sleeps).
+CONTROL_POLL = float(os.environ.get("EZPZ_CONTROL_POLL", "0.002"))
+#: MPICH's algorithms for the worker's non-blocking collectives, unless the user chose:
+#: trees (``ceil(log2 p)`` steps) instead of the rings MPICH picks for large messages at scale
+#: (``p - 1`` steps, each waiting for a poll). A library that does not know them ignores them.
+MPICH_TREE_CVARS = {"MPIR_CVAR_IBCAST_INTRA_ALGORITHM": "sched_binomial",
+                    "MPIR_CVAR_IALLGATHER_INTRA_ALGORITHM": "sched_brucks"}
 #: Seconds the root waits for the answers of the stream group while recovering it (the nodes
 #: that are alive answer in milliseconds; those that do not have been silent for a whole
 #: ``timeout`` already).

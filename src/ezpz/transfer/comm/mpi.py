@@ -16,7 +16,15 @@ from collections import deque
 from typing import Any
 
 from ..wire import FRAME
-from .base import DATA_POLL, OBJ_SLOT, Comm, decode_obj, encode_obj
+from .base import (
+    CONTROL_POLL,
+    DATA_POLL,
+    MPICH_TREE_CVARS,
+    OBJ_SLOT,
+    Comm,
+    decode_obj,
+    encode_obj,
+)
 
 #: Tag of every mail frame.
 TAG_MAIL = 77
@@ -56,6 +64,8 @@ class MPIComm(Comm):
         import mpi4py
 
         mpi4py.rc.finalize = False  # close() decides (see the module's docstring)
+        for key, value in MPICH_TREE_CVARS.items():  # read by MPI_Init
+            os.environ.setdefault(key, value)
         from mpi4py import MPI  # MPI_Init: bounded by the worker's sentinel, not by Python
 
         self.MPI = MPI
@@ -133,7 +143,7 @@ class MPIComm(Comm):
             return decode_obj(encode_obj(obj))
         buf = bytearray(encode_obj(obj)) if self.is_root else bytearray(OBJ_SLOT)
         req = self.leaders.Ibcast([buf, self.MPI.BYTE], root=0)
-        self._poll(req.Test, "the plan from rank 0", 0.05, timeout)
+        self._poll(req.Test, "the plan from rank 0", CONTROL_POLL, timeout)
         return decode_obj(buf)
 
     def allgather_byte(self, value: int, timeout: float | None = None) -> bytes:
@@ -142,7 +152,7 @@ class MPIComm(Comm):
         send = bytearray([value])
         recv = bytearray(self.nnodes)
         req = self.leaders.Iallgather([send, self.MPI.BYTE], [recv, self.MPI.BYTE])
-        self._poll(req.Test, "the other nodes", 0.05, timeout)
+        self._poll(req.Test, "the other nodes", CONTROL_POLL, timeout)
         return bytes(recv)
 
     def node_bcast_obj(self, obj: Any, timeout: float | None = None) -> Any:
@@ -150,7 +160,7 @@ class MPIComm(Comm):
             return obj
         buf = bytearray(encode_obj(obj)) if self.is_leader else bytearray(OBJ_SLOT)
         req = self.node.Ibcast([buf, self.MPI.BYTE], root=0)
-        self._poll(req.Test, "this node's leader", 0.05, timeout, alive=self.leader_gone)
+        self._poll(req.Test, "this node's leader", CONTROL_POLL, timeout, alive=self.leader_gone)
         return decode_obj(buf)
 
     def close(self, finalize: bool = True) -> None:

@@ -22,7 +22,7 @@ from typing import Any
 from ...errors import TransferError
 from ...jobenv import get_rank, get_world_size
 from ..wire import FRAME, Assembler, Kind
-from .base import OBJ_SLOT, Comm, CommTimeout, decode_obj, encode_obj
+from .base import CONTROL_POLL, OBJ_SLOT, Comm, CommTimeout, decode_obj, encode_obj
 
 #: Tag of every mail frame.
 TAG_MAIL = 77
@@ -216,7 +216,7 @@ class TorchComm(Comm):
         buf = bytearray(encode_obj(obj)) if self.is_root else bytearray(OBJ_SLOT)
         t = self.torch.frombuffer(buf, dtype=self.torch.uint8)
         work = self.dist.broadcast(t, src=0, group=self.leaders, async_op=True)
-        self._wait_work(work, "the plan from rank 0", 0.05, timeout)
+        self._wait_work(work, "the plan from rank 0", CONTROL_POLL, timeout)
         return decode_obj(buf)
 
     def allgather_byte(self, value: int, timeout: float | None = None) -> bytes:
@@ -226,7 +226,7 @@ class TorchComm(Comm):
         send = torch.tensor([value], dtype=torch.uint8)
         outs = [torch.empty(1, dtype=torch.uint8) for _ in range(self.nnodes)]
         work = self.dist.all_gather(outs, send, group=self.leaders, async_op=True)
-        self._wait_work(work, "the other nodes", 0.05, timeout)
+        self._wait_work(work, "the other nodes", CONTROL_POLL, timeout)
         return bytes(int(o.item()) for o in outs)
 
     def node_bcast_obj(self, obj: Any, timeout: float | None = None) -> Any:
@@ -236,7 +236,8 @@ class TorchComm(Comm):
         t = self.torch.frombuffer(buf, dtype=self.torch.uint8)
         src = self.leader_ranks[self.node_index]
         work = self.dist.broadcast(t, src=src, group=self.node, async_op=True)
-        self._wait_work(work, "this node's leader", 0.05, timeout, alive=self.leader_gone)
+        self._wait_work(work, "this node's leader", CONTROL_POLL, timeout,
+                        alive=self.leader_gone)
         return decode_obj(buf)
 
     def close(self, finalize: bool = True) -> None:
