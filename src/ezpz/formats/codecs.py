@@ -100,10 +100,15 @@ def gzip_blocks(raw: Any, size: int) -> Iterator[bytes]:
     """Decompressed blocks (<= ``size`` bytes) of a gzip stream of one or more members."""
     import gzip
 
+    zmod: Any
     try:
-        from isal import isal_zlib as zmod
+        from isal import isal_zlib
+
+        zmod = isal_zlib
     except ImportError:  # pragma: no cover - isal is optional
-        import zlib as zmod  # type: ignore[no-redef]
+        import zlib
+
+        zmod = zlib
     buf = bytearray(size)
     view = memoryview(buf)
     d = zmod.decompressobj(31)

@@ -24,7 +24,7 @@ def _pax_record(key: bytes, value: bytes) -> bytes:
     return str(n).encode() + body
 
 
-def tar_header(name: bytes, mode: int, size: int, mtime: int, typeflag: bytes,
+def tar_header(name: bytes, mode: int, size: int, mtime: float, typeflag: bytes,
                linkname: bytes = b"") -> bytes:
     """One tar member header (ustar; preceded by a pax header when a field does not fit).
 

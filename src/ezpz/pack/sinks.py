@@ -10,11 +10,14 @@ import subprocess
 import threading
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
+from typing import IO, Any
 
 from ..config import Codec, format_size
 from ..errors import ArchiveError
 from ..fsutil import cpu_count
+
+#: What the tar writer hands a sink.
+Data = bytes | bytearray | memoryview
 
 ZSTD_SKIPPABLE_MAGIC = 0x184D2A50
 DEFAULT_LEVELS = {Codec.zstd: 3, Codec.gzip: 6, Codec.none: 0}
@@ -34,12 +37,12 @@ class Sink:
 
     description = "plain tar"
 
-    def __init__(self, fh) -> None:
+    def __init__(self, fh: IO[bytes]) -> None:
         self._fh = fh
         #: Offsets of independently decodable frames, counted from the first (zstd only).
         self.frames: list[int] = []
 
-    def write(self, data) -> None:
+    def write(self, data: Data) -> None:
         self._fh.write(data)
 
     def close(self) -> None:
@@ -135,27 +138,29 @@ class _ZstdSink(Sink):
 
 
 class _PigzSink(Sink):
-    def __init__(self, fh, pigz: str, level: int, threads: int) -> None:
+    def __init__(self, fh: IO[bytes], pigz: str, level: int, threads: int) -> None:
         super().__init__(fh)
         n = threads or cpu_count()
         self.description = f"gzip level {level} via pigz, {n} thread{'s' if n > 1 else ''}"
         fh.flush()
         self._proc = subprocess.Popen([pigz, "-c", "-n", f"-{level}", "-p", str(n)],
                                       stdin=subprocess.PIPE, stdout=fh, stderr=subprocess.PIPE)
+        assert self._proc.stdin is not None and self._proc.stderr is not None
+        self._stdin, self._stderr = self._proc.stdin, self._proc.stderr
 
-    def write(self, data) -> None:
+    def write(self, data: Data) -> None:
         try:
-            self._proc.stdin.write(data)
+            self._stdin.write(data)
         except BrokenPipeError:
             self.close()  # raises with pigz's message
             raise ArchiveError("pigz stopped reading its input") from None
 
     def close(self) -> None:
         try:
-            self._proc.stdin.close()
+            self._stdin.close()
         except BrokenPipeError:
             pass
-        err = self._proc.stderr.read().decode(errors="replace").strip()
+        err = self._stderr.read().decode(errors="replace").strip()
         rc = self._proc.wait()
         if rc != 0:
             raise OSError(f"pigz failed (exit {rc}): {err.splitlines()[-1] if err else ''}")
@@ -167,7 +172,7 @@ class _PigzSink(Sink):
 
 
 class _GzipModuleSink(Sink):
-    def __init__(self, fh, level: int, threads: int) -> None:
+    def __init__(self, fh: IO[bytes], level: int, threads: int) -> None:
         super().__init__(fh)
         try:
             from isal import igzip_threaded
@@ -175,13 +180,14 @@ class _GzipModuleSink(Sink):
             n = threads or cpu_count()
             # ISA-L has levels 0..3; map gzip's 1..9 onto 1..3.
             isal_level = 1 if level <= 3 else 2 if level <= 6 else 3
-            self._gz = igzip_threaded.open(fh, "wb", compresslevel=isal_level, threads=n)
+            opener: Any = igzip_threaded.open  # untyped in some versions of python-isal
+            self._gz = opener(fh, "wb", compresslevel=isal_level, threads=n)
             self.description = f"gzip via isal level {isal_level}, {n} thread{'s' if n > 1 else ''}"
         except ImportError:
             self._gz = _gzip.GzipFile(fileobj=fh, mode="wb", compresslevel=level, mtime=0)
             self.description = f"gzip level {level} (standard library, 1 thread)"
 
-    def write(self, data) -> None:
+    def write(self, data: Data) -> None:
         self._gz.write(data)
 
     def close(self) -> None:
@@ -189,7 +195,7 @@ class _GzipModuleSink(Sink):
         self._fh.flush()
 
 
-def open_sink(codec: str, fh, level: int | None = None, threads: int = 0,
+def open_sink(codec: str, fh: IO[bytes], level: int | None = None, threads: int = 0,
               frame_bytes: int | None = None) -> Sink:
     """A writer that compresses into ``fh`` at its current offset.
 

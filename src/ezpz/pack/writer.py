@@ -23,6 +23,7 @@ import os
 import stat
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import IO
 
 from ..errors import ArchiveError
 from ..formats.manifest import MANIFEST_RELPATH, Manifest, PrefixFile
@@ -129,7 +130,7 @@ def _copy_file(fd: int, path: str, size: int, name: bytes, st: os.stat_result,
         buf += header
         buf += data
         buf += bytes(-size % BLOCK)
-        found = bool(prefix) and prefix in data
+        found = prefix is not None and bool(prefix) and prefix in data
         return found, found and b"\0" in data
     # Large file: flush what is pending, then stream it in chunks.
     buf += header
@@ -183,10 +184,10 @@ def reserve_size(codec: str, entries: list[Entry], manifest_name: str) -> int:
     return -(-n // 4096) * 4096
 
 
-def write_archive(fh, codec: str, level: int | None, threads: int, body: Iterable[Entry],
+def write_archive(fh: IO[bytes], codec: str, level: int | None, threads: int, body: Iterable[Entry],
                   reserve: int, make_manifest: Callable[[BodyStats], Manifest],
                   prefix: bytes | None, progress: Callable[[int], None] = lambda n: None,
-                  skip_unreadable: bool = False, spill: Callable[[], object] | None = None
+                  skip_unreadable: bool = False, spill: Callable[[], IO[bytes]] | None = None
                   ) -> tuple[Manifest, BodyStats, str]:
     """Write a complete archive into the empty file ``fh`` (opened ``w+b``/``x+b``; see the
     module docstring).
@@ -236,7 +237,7 @@ def write_archive(fh, codec: str, level: int | None, threads: int, body: Iterabl
     return manifest, stats, sink.description
 
 
-def _copy_range(src, dst, offset: int, length: int) -> None:
+def _copy_range(src: IO[bytes], dst: IO[bytes], offset: int, length: int) -> None:
     """Append ``length`` bytes of ``src`` (opened for reading too) from ``offset`` to ``dst``."""
     src.flush()
     dst.flush()

@@ -95,9 +95,9 @@ def _rewrite_shebang(data: bytes, rw: Rewriter) -> tuple[bytes, bytes]:
         nl = data.find(b"\n")
         line = data[2:nl if nl >= 0 else len(data)]
         rest = data[nl:] if nl >= 0 else b""
-        words = line.strip().split(maxsplit=1)
+        raw_words = line.strip().split(maxsplit=1)
         try:
-            words = [w.decode() for w in words]
+            words = [w.decode() for w in raw_words]
         except UnicodeDecodeError:
             return b"", data
         if not words:
