@@ -315,8 +315,10 @@ class Transfer:
         tree = node.staging
         if not node.file_mode:
             report = self.consumer.report if self.consumer else None
+            hints = report.hints if report is not None else None
             if report is not None and report.top:
                 tree = os.path.join(node.staging, report.top)
+                hints = hints.below(report.top) if hints is not None else None
             from ..formats.manifest import Manifest
 
             try:
@@ -328,7 +330,8 @@ class Transfer:
                 t0 = time.perf_counter()
                 from ..relocate import relocate
 
-                rep = relocate(tree, new_prefix=node.dst, manifest=manifest)
+                rep = relocate(tree, new_prefix=node.dst, manifest=manifest,
+                               hints=hints if manifest is None else None)
                 log.info("relocated %d files to %s", rep.files_rewritten, node.dst)
                 self.phases["relocate"] = time.perf_counter() - t0
         node.install(tree, digest)
