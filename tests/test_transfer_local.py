@@ -226,6 +226,9 @@ def test_plain_venv_archive_relocated_from_the_extractions_hints(tmp_path, caplo
         assert (dst / "bin" / "activate").read_bytes() == \
             b"VIRTUAL_ENV='" + str(dst).encode() + b"'\nexport VIRTUAL_ENV\n"
         assert (dst / "lib" / "data.txt").read_bytes() == files["lib/data.txt"]
+    for node in out[0].per_node:  # the timeline the benchmark splits start-up and teardown by
+        tl = node.timeline
+        assert tl["comm"] <= tl["stream_end"] <= tl["extract_end"] <= tl["done"], tl
     msgs = [r.getMessage() for r in caplog.records]
     assert sum("(files found while extracting)" in m for m in msgs) == 2, msgs
     assert not any("scanning every file" in m for m in msgs)
