@@ -21,7 +21,8 @@ share the machine's cores, so when there are more nodes than cores the ratio of 
 tends to the ratio of CPU seconds), rank 0's extract and relocate phases, and the peak RSS of
 every rank (VmHWM, from results.json). Other parts: ``threads`` (N=1, transfer.threads=1 vs
 auto), ``sweep`` (chunk_size), ``extractor`` (engines), ``rss`` (two payload sizes),
-``startup`` (the worker's ``--help``), ``versions`` (another checkout's worker as baseline).
+``startup`` (the worker's ``--help``), ``around`` (start-up and teardown: a two-file archive
+on N nodes against the bare interpreter, split by the nodes' timelines), ``versions`` (another checkout's worker as baseline).
 """
 
 from __future__ import annotations
@@ -129,6 +130,10 @@ def floor_node(codec: str, path: str) -> None:
     sys.exit(rc)
 
 
+#: (start, end) of the last simulated run, seconds since the epoch.
+_last_span: list[float] = []
+
+
 def _sim(n: int, argv: list[str], env: dict[str, str] | None = None) -> tuple[float, float, list]:
     """Run ``argv`` on ``n`` simulated nodes: (wall s, CPU s of every process, node results).
 
@@ -143,8 +148,10 @@ def _sim(n: int, argv: list[str], env: dict[str, str] | None = None) -> tuple[fl
         cmd = [simnodes.mpiexec_path(), "-n", str(n), simnodes.SIMNODE, *argv]
         r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         t0 = time.perf_counter()
+        _last_span[:] = [time.time()]
         p = subprocess.run(cmd, env=full_env, capture_output=True, text=True, timeout=1800)
         wall = time.perf_counter() - t0
+        _last_span.append(time.time())
         r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
         cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
         nodes = simnodes.collect(out, n)
@@ -218,6 +225,69 @@ def _startup_line() -> str:
             f"{base_cpu:.2f} CPU s; ratio {wall / base:.1f}x")
 
 
+def _around(res: dict) -> str:
+    """Where the last run's time went outside the pipeline, from the nodes' timelines."""
+    t0, t1 = _last_span
+    tl = [p["timeline"] for p in res["per_node"]]
+    if not all("start" in x for x in tl):
+        return "(no timeline)"
+    return (f"launch->start {min(x['start'] for x in tl) - t0:.2f} s, start->comm "
+            f"{max(x['comm'] - x['start'] for x in tl):.2f} s, extract_end->done "
+            f"{max(x['done'] - x['extract_end'] for x in tl):.2f} s, done->exit "
+            f"{t1 - max(x['done'] for x in tl):.2f} s")
+
+
+def _tiny_archive(where: Path) -> Path:
+    """A venv-like plain tar of two small files: delivering it is all start-up and teardown."""
+    env = where / "tinyenv"
+    (env / "bin").mkdir(parents=True)
+    (env / "pyvenv.cfg").write_text("home = /usr/bin\n")
+    (env / "bin" / "activate").write_text(f"VIRTUAL_ENV='{env}'\nexport VIRTUAL_ENV\n")
+    subprocess.run(["tar", "-C", str(where), "-cf", str(where / "tiny.tar"), env.name],
+                   check=True)
+    return where / "tiny.tar"
+
+
+def _import_seconds(code: str) -> float:
+    """Median wall seconds of ``code`` in a fresh interpreter, timed inside it (5 runs)."""
+    prog = f"import time; t = time.perf_counter(); {code}; print(time.perf_counter() - t)"
+    return statistics.median(float(subprocess.run([PY, "-c", prog], capture_output=True,
+                                                  text=True, check=True).stdout)
+                             for _ in range(5))
+
+
+def part_around(nodes: list[int], repeat: int, chunk: str, extra: tuple[str, ...]) -> None:
+    """What surrounds the pipeline: a two-file archive delivered to N nodes, against the bare
+    interpreter started the same way (mpiexec, one simulated node per rank)."""
+    imports = _import_seconds("import ezpz.cli.transfer, ezpz.transfer.worker")
+    mpi = _import_seconds("from mpi4py import MPI")
+    print(f"\nimports in one interpreter (median of 5): ezpz's worker modules {imports:.3f} s; "
+          f"mpi4py.MPI (with MPI_Init) {mpi:.3f} s")
+    print("\nstart-up and teardown: a two-file plain archive (relocated) delivered to N nodes "
+          "vs `python -c pass` on the same simulated nodes, alternating (medians)\n")
+    print("| N | bare python s | ezpz s | ezpz - bare s | launch -> process start s | "
+          "start -> comm ready s (imports, MPI init) | comm -> done s (the work) | "
+          "done -> exit s (gathers, results, finalize) |")
+    print("|---|---|---|---|---|---|---|---|")
+    with tempfile.TemporaryDirectory(prefix="ezpz-bench-tiny-", dir="/var/tmp") as d:
+        tiny = _tiny_archive(Path(d))
+        for n in nodes:
+            bare, walls, spans = [], [], []
+            for _ in range(repeat):
+                bare.append(_sim(n, [PY, "-c", "pass"])[0])
+                w, _c, res = run_ezpz(n, tiny, chunk, extra=extra)
+                t0, t1 = _last_span
+                tl = [p["timeline"] for p in res["per_node"]]
+                walls.append(w)
+                spans.append((min(x["start"] for x in tl) - t0,
+                              max(x["comm"] - x["start"] for x in tl),
+                              max(x["done"] for x in tl) - max(x["comm"] for x in tl),
+                              t1 - max(x["done"] for x in tl)))
+            b, e = statistics.median(bare), statistics.median(walls)
+            cols = " | ".join(f"{statistics.median(s[i] for s in spans):.3f}" for i in range(4))
+            print(f"| {n} | {b:.3f} | {e:.3f} | {e - b:.3f} | {cols} |", flush=True)
+
+
 def _rss(res: dict) -> float:
     return max(p["rss_mb"] for p in res["per_node"])
 
@@ -262,7 +332,8 @@ def part_main(nodes: list[int], kinds: list[str], arch: dict[str, Path], repeat:
                 r.rss.append([p["rss_mb"] for p in res["per_node"]])
                 print(f"    run: N={n} {kind}: floor {r.floor[-1][0]:.2f} s "
                       f"({r.floor[-1][1]:.1f} CPU s), ezpz {w:.2f} s ({c:.1f} CPU s), "
-                      f"RSS {r.rss[-1]}, phases {res['phases']}", flush=True)
+                      f"RSS {r.rss[-1]}, phases {res['phases']}, around {_around(res)}",
+                      flush=True)
             f, e = Runs.med(r.floor, 0), Runs.med(r.ezpz, 0)
             x, rel = statistics.median(r.extract), statistics.median(r.relocate)
             t = _target(n, kind)
@@ -371,9 +442,9 @@ def main() -> None:
     ap.add_argument("--kinds", default="ezpz,zstd,gzip",
                     help=f"comma-separated archive kinds of {', '.join(KINDS)}")
     ap.add_argument("--chunks", default="4MiB,16MiB,64MiB")
-    ap.add_argument("--parts", default="main,threads,sweep,extractor,rss,startup",
+    ap.add_argument("--parts", default="main,threads,sweep,extractor,rss,startup,around",
                     help="comma-separated subset of main,threads,sweep,extractor,rss,startup,"
-                         "versions")
+                         "around,versions")
     ap.add_argument("--baseline-python", metavar="PY",
                     help="part 'versions': the interpreter of another checkout's venv whose "
                          "worker is the baseline (e.g. the commit before a change)")
@@ -397,6 +468,16 @@ def main() -> None:
         raise SystemExit(f"simulated nodes unavailable: {why}")
     os.environ.setdefault("TMPDIR", "/var/tmp")
     from ezpz.config import TransferConfig
+
+    if parts <= {"startup", "around"}:  # no payload needed
+        print(f"command: {' '.join(['python', 'benchmarks/bench_transfer.py', *sys.argv[1:]])}")
+        if "around" in parts:
+            part_around([int(x) for x in args.nodes.split(",")],
+                        1 if args.quick else args.repeat, TransferConfig().chunk_size,
+                        tuple(args.overrides))
+        if "startup" in parts:
+            print("\n" + _startup_line())
+        return
 
     repeat = 1 if args.quick else args.repeat
     nodes = [int(x) for x in args.nodes.split(",")]
@@ -430,6 +511,8 @@ def main() -> None:
         part_extractor(arch["ezpz"], chunk, repeat, extra)
     if "rss" in parts:
         part_rss([small] if args.quick else [small, big], chunk, extra)
+    if "around" in parts:
+        part_around(nodes, repeat, chunk, extra)
     if "startup" in parts:
         print("\n" + _startup_line())
 

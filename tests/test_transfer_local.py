@@ -203,3 +203,32 @@ def test_bad_src_is_the_same_usage_error_on_every_rank(job):
         assert isinstance(out[r], ConfigError), out
         assert "transfer.src: cannot read" in str(out[r])
     assert not (tmp / "nodes").exists()
+
+
+def test_plain_venv_archive_relocated_from_the_extractions_hints(tmp_path, caplog):
+    """No manifest: the files holding the old prefix are found while extracting, and only
+    those are rewritten on every node (no second pass over the tree)."""
+    import logging
+
+    old = "/build/envs/env"
+    files = {"pyvenv.cfg": b"home = /usr/bin\ncommand = /usr/bin/python3 -m venv " + old.encode()
+             + b"\n", "bin/activate": b"VIRTUAL_ENV='" + old.encode() + b"'\nexport VIRTUAL_ENV\n",
+             "lib/data.txt": os.urandom(5000), "lib/other.txt": b"no prefix\n"}
+    archive = make_archive(tmp_path / "venv.tar", files)
+    base = WorkerSpec(src=str(archive), dst="", backend=Backend.mpi, chunk_bytes=4096, depth=2,
+                      timeout=30.0)
+    caplog.set_level(logging.INFO, logger="ezpz")
+    out = run_job(["a", "b"], lambda h: dataclasses.replace(
+        base, dst=str(tmp_path / "nodes" / h / "env")), tmp_path / "run")
+    assert out[0].status is Status.ok, out
+    for host in "ab":
+        dst = tmp_path / "nodes" / host / "env"
+        assert (dst / "bin" / "activate").read_bytes() == \
+            b"VIRTUAL_ENV='" + str(dst).encode() + b"'\nexport VIRTUAL_ENV\n"
+        assert (dst / "lib" / "data.txt").read_bytes() == files["lib/data.txt"]
+    for node in out[0].per_node:  # the timeline the benchmark splits start-up and teardown by
+        tl = node.timeline
+        assert tl["comm"] <= tl["stream_end"] <= tl["extract_end"] <= tl["done"], tl
+    msgs = [r.getMessage() for r in caplog.records]
+    assert sum("(files found while extracting)" in m for m in msgs) == 2, msgs
+    assert not any("scanning every file" in m for m in msgs)

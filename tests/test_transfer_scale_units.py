@@ -377,3 +377,19 @@ def test_extraction_priority_setting_tolerates_bad_values(monkeypatch):
     assert stream._nice_setting() == 10
     monkeypatch.setenv("EZPZ_EXTRACT_NICE", "0")
     assert stream._nice_setting() == 0
+
+
+def test_process_start_time_is_when_the_process_started(tmp_path):
+    """The timeline's ``start``: a child started between two clock readings reports a start
+    between them (to the kernel's 10 ms tick)."""
+    import subprocess
+    import sys
+    import time
+
+    before = time.time()
+    out = subprocess.run([sys.executable, "-c", "import time; time.sleep(0.3); "
+                          "from ezpz.fsutil import process_start_time as p; print(p())"],
+                         capture_output=True, text=True, check=True).stdout
+    after = time.time()
+    started = float(out)
+    assert before - 0.02 <= started <= after - 0.3 + 0.02, (before, started, after)

@@ -78,6 +78,18 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def process_start_time() -> float | None:
+    """When this process started (seconds since the epoch, to the kernel's clock tick of
+    10 ms), from /proc; None when unknown."""
+    try:
+        with open("/proc/self/stat", "rb") as fh:
+            fields = fh.read().rpartition(b")")[2].split()
+        since_boot = int(fields[19]) / os.sysconf("SC_CLK_TCK")
+        return time.time() - (time.clock_gettime(time.CLOCK_BOOTTIME) - since_boot)
+    except (OSError, ValueError, IndexError):  # pragma: no cover - not Linux
+        return None
+
+
 def current_umask() -> int | None:
     """The process's umask, read without changing it (Linux); None when unknown."""
     try:

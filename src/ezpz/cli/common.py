@@ -9,7 +9,6 @@ Hydra composes the config; before handing argv to it we
 
 from __future__ import annotations
 
-import functools
 import os
 import secrets
 import sys
@@ -23,6 +22,8 @@ from .. import log as ezlog
 from ..config import Choice, choice_error
 from ..errors import ConfigError, EzpzError
 from ..launch.hosts import detect_machine
+from .guard import fail as fail  # re-exported
+from .guard import guard as guard  # re-exported
 
 CONFIG_MODULE = "ezpz.conf"
 _HYDRA_VALUE_FLAGS = {"--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd",
@@ -311,42 +312,6 @@ def print_help(prog: str, description: str, config_name: str, groups: Sequence[s
     except Exception as exc:  # noqa: BLE001
         lines.append(f"(cannot compose: {describe_config_exception(exc)})")
     print("\n".join(lines))
-
-
-def fail(message: str, code: int) -> int:
-    print(f"error: {message}", file=sys.stderr)
-    return code
-
-
-def _log_to_files(message: str) -> None:
-    """Record a one-line error in the run's log file (the console gets it from ``fail``)."""
-    import logging
-
-    for handler in logging.getLogger("ezpz").handlers:
-        if isinstance(handler, logging.FileHandler):
-            record = logging.LogRecord("ezpz.cli", logging.ERROR, __file__, 0, message, None, None)
-            record.funcName = "guard"
-            handler.handle(record)
-
-
-def guard(func: Callable[..., int | None]) -> Callable[..., int]:
-    """Map EzpzError to one line + its exit code; tracebacks only with EZPZ_LOG_LEVEL=DEBUG."""
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> int:
-        try:
-            rc = func(*args, **kwargs)
-            return 0 if rc is None else int(rc)
-        except EzpzError as exc:
-            if ezlog.debug_enabled():
-                traceback.print_exc()
-            _log_to_files(f"error: {exc}")
-            return fail(str(exc), exc.exit_code)
-        except KeyboardInterrupt:
-            print("interrupted", file=sys.stderr)
-            return 130
-
-    return wrapper
 
 
 def run_hydra(config_name: str, task: Callable[[Any], int | None], argv: list[str],

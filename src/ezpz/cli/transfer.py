@@ -100,7 +100,7 @@ def check_run_id(spec: Any, path: str, run_id: str | None) -> None:
 
 def main_files(argv: Sequence[str]) -> int:
     """``--spec`` or ``--config-file``: no Hydra run (and with --spec no OmegaConf)."""
-    from .common import fail, guard
+    from .guard import fail, guard
 
     try:
         opts, overrides = _parse(argv)

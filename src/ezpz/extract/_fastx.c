@@ -15,10 +15,18 @@
  * batch: its index and errno are returned (written == len(records) and errno 0 when all
  * succeeded); Python reports or handles it (EEXIST: nothing was created). Ownership is never
  * restored. The only checks here are of the interface: a leaf is one non-empty component.
+ *
+ * find_all(data, needle, start, limit) -> list of offsets
+ *
+ * The offsets (from start on, at most limit of them) where needle occurs in data, found with
+ * memmem with the GIL released: relocation's look for the old prefix in each decoded block.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE /* memmem */
+#endif
 #include <errno.h>
 #include <fcntl.h>
 #include <string.h>
@@ -139,7 +147,56 @@ done:
     return result;
 }
 
+static PyObject *find_all(PyObject *self, PyObject *args)
+{
+    Py_buffer data, needle;
+    Py_ssize_t start, limit;
+    if (!PyArg_ParseTuple(args, "y*y*nn", &data, &needle, &start, &limit))
+        return NULL;
+    PyObject *out = NULL;
+    Py_ssize_t *found = NULL;
+    Py_ssize_t count = 0;
+    if (needle.len <= 0 || start < 0 || limit < 0) {
+        PyErr_SetString(PyExc_ValueError, "find_all: an empty needle or a negative start/limit");
+        goto done;
+    }
+    found = PyMem_Malloc((limit ? limit : 1) * sizeof(Py_ssize_t));
+    if (!found) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    const char *base = data.buf;
+    Py_BEGIN_ALLOW_THREADS
+    Py_ssize_t pos = start;
+    while (count < limit && pos + needle.len <= data.len) {
+        const char *hit = memmem(base + pos, (size_t)(data.len - pos), needle.buf,
+                                 (size_t)needle.len);
+        if (!hit)
+            break;
+        found[count++] = hit - base;
+        pos = hit - base + 1;
+    }
+    Py_END_ALLOW_THREADS
+    out = PyList_New(count);
+    for (Py_ssize_t k = 0; out && k < count; k++) {
+        PyObject *v = PyLong_FromSsize_t(found[k]);
+        if (!v) {
+            Py_CLEAR(out);
+            break;
+        }
+        PyList_SET_ITEM(out, k, v);
+    }
+done:
+    PyMem_Free(found);
+    PyBuffer_Release(&data);
+    PyBuffer_Release(&needle);
+    return out;
+}
+
 static PyMethodDef methods[] = {
+    {"find_all", find_all, METH_VARARGS,
+     "find_all(data, needle, start, limit) -> list of offsets\n\n"
+     "Where needle occurs in data from start on (at most limit offsets), GIL released."},
     {"write_files", write_files, METH_VARARGS,
      "write_files(records, umask) -> (written, errno)\n\n"
      "Write accepted regular files: records are (dirfd, leaf, mode, mtime, data); the first "

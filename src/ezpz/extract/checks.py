@@ -16,6 +16,7 @@ from typing import NamedTuple
 
 from ..errors import ArchiveError
 from ..formats.manifest import BUNDLED_PYTHON_RELPATH, MANIFEST_MAX, RESERVED_DIR
+from ..formats.prefix import PrefixHints
 from ..formats.tarread import (
     AREGTYPE,
     BLKTYPE,
@@ -65,6 +66,8 @@ class ExtractReport:
     engine: str = "python"
     #: Members written by the C writer (``ezpz.extract._fastx``); the rest by Python.
     fast_members: int = 0
+    #: What relocation needs of a tree from an archive without a manifest (``hints=True``).
+    hints: PrefixHints | None = None
 
 
 class Accepted(NamedTuple):

@@ -19,6 +19,7 @@ from ..formats.codecs import decode_error
 from ..formats.tarread import TarReader
 from ..fsutil import free_bytes
 from .checks import DIR, FILE, HARDLINK, SYMLINK, ExtractReport, MemberChecker
+from .hints import HintCollector
 from .tarpipe import TarPipeWriter
 from .writers import PythonWriter, WriteError
 
@@ -67,7 +68,8 @@ class SafeExtractor:
     :class:`ExtractReport`. ``label`` (usually the archive path) prefixes errors.
     """
 
-    def __init__(self, dest: str, *, engine: str = "python", label: str = "archive") -> None:
+    def __init__(self, dest: str, *, engine: str = "python", label: str = "archive",
+                 hints: bool = False) -> None:
         try:
             engine = choice(Engine, engine, "transfer.extractor")
         except ConfigError as exc:
@@ -79,6 +81,8 @@ class SafeExtractor:
         self.report = ExtractReport(engine=engine)
         self._member = ""
         self._fast = _load_fast() if engine == "python" else None
+        #: relocation hints collected on the way (``hints=True``; :mod:`.hints`)
+        self.hints = HintCollector(self._fast or _load_fast()) if hints else None
 
     def run(self, decoded: BinaryIO, codec: str = "none") -> ExtractReport:
         t0 = time.perf_counter()
@@ -94,6 +98,11 @@ class SafeExtractor:
                     raise ArchiveError(f"{self.label}: the tar engine extracts only into an "
                                        f"empty directory and {self.dest} is not empty; use "
                                        "transfer.extractor=python")
+                if self.hints is not None:
+                    if root.listdir():
+                        self.hints.why = f"{self.dest} was not empty"
+                    else:
+                        reader.on_block = self.hints.block
                 writer = PythonWriter(root, self.report, self._fast) \
                     if self.engine == "python" else TarPipeWriter(self.dest, self.label)
                 with _short_switch_interval():
@@ -118,6 +127,8 @@ class SafeExtractor:
             if root is not None:
                 root.close()
         self.report.top = self.checker.single_top()
+        if self.hints is not None:
+            self.report.hints = self.hints.result()
         self.report.tar_bytes = reader.delivered
         self.report.seconds = time.perf_counter() - t0
         return self.report
@@ -127,12 +138,22 @@ class SafeExtractor:
         put = writer.put
         nxt = reader.next
         m = None
+        hint = self.hints.member if self.hints is not None and not self.hints.why else None
+        tell = reader.tell
         try:
+            if hint is None:
+                while True:
+                    m = nxt()
+                    if m is None:
+                        return
+                    put(check(m), reader)
             while True:
                 m = nxt()
                 if m is None:
                     return
-                put(check(m), reader)
+                a = check(m)
+                hint(a, tell())
+                put(a, reader)
         except BaseException:
             self._member = m.name if m is not None else ""
             raise

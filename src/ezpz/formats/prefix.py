@@ -7,11 +7,15 @@ import errno
 import os
 import stat
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 
 from ..anchored import Anchor
 from ..errors import ArchiveError
 from .manifest import PrefixFile
 
+#: Compiled Python files: they name their source by its old path, and are never rewritten
+#: (nor listed in a manifest, nor looked at by relocation).
+SKIP_SUFFIXES = (".pyc", ".pyo")
 #: Files are scanned in reads of this size.
 CHUNK = 4 * 1024 * 1024
 
@@ -91,3 +95,41 @@ def find_prefix_files(root: str | os.PathLike[str] | Anchor, prefix: str | bytes
         if mode is not None:
             out.append(PrefixFile(rel, mode))
     return out
+
+
+@dataclass
+class PrefixHints:
+    """What an extraction saw of a tree it wrote from an archive without a manifest, so that
+    relocation need not read the whole tree again (:mod:`ezpz.extract.hints` collects it).
+
+    ``needle`` was looked for in every byte of the tar stream; ``files`` are the regular files
+    whose data held it (with the hardlinks to them), ``links`` the symlinks with an absolute
+    target; paths relative to the extraction's destination, '/'-separated. When the old
+    prefix contains ``needle``, every file that holds the prefix is among ``files``: relocation
+    reads only those. ``why`` (not empty) says why the hints cannot be used.
+    """
+
+    needle: bytes = b""
+    files: list[str] = field(default_factory=list)
+    links: list[str] = field(default_factory=list)
+    why: str = ""
+
+    def usable(self, old: str) -> str:
+        """Empty when the hints cover every file holding ``old``, else why not."""
+        if self.why:
+            return self.why
+        if not self.needle or self.needle not in os.fsencode(old):
+            return (f"the old prefix {old} does not contain "
+                    f"{self.needle.decode(errors='replace')!r}, the name looked for while "
+                    "extracting")
+        return ""
+
+    def below(self, top: str | None) -> PrefixHints:
+        """The hints for the tree at ``top`` (a directory of the destination), paths relative
+        to it."""
+        if not top:
+            return self
+        head = top.rstrip("/") + "/"
+        n = len(head)
+        return PrefixHints(self.needle, [p[n:] for p in self.files if p.startswith(head)],
+                           [p[n:] for p in self.links if p.startswith(head)], self.why)

@@ -31,6 +31,7 @@ from __future__ import annotations
 import re
 import struct
 import zlib
+from collections.abc import Callable
 from typing import Any, BinaryIO, NamedTuple
 
 from ..errors import ArchiveError
@@ -145,6 +146,8 @@ class TarReader:
         self.ended = False  # the end-of-archive block was read
         self._plain_ok = True  # the common header may be read the short way (no global
         # pax header seen, the end not reached)
+        #: called with (stream offset, block) for every block read from src, in order
+        self.on_block: Callable[[int, bytes], None] | None = None
         self.blocks = 0  # blocks read from src so far (a new one invalidates nothing: views
         # keep their block alive, but a writer holding views may want to let go)
 
@@ -163,6 +166,8 @@ class TarReader:
         self._buf = memoryview(data)
         self._i = 0
         self.delivered += len(data)
+        if self.on_block is not None:
+            self.on_block(self._base, data)
         return True
 
     def tell(self) -> int:

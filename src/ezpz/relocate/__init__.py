@@ -39,6 +39,7 @@ from ..anchored import Anchor
 from ..envkind import activation_hint
 from ..errors import RelocateError
 from ..formats.manifest import BUNDLED_PYTHON_RELPATH, MANIFEST_RELPATH, Manifest
+from ..formats.prefix import PrefixHints
 from ..log import get_logger
 from .detect import detect_env, scan_prefix_files
 from .plan import Plan
@@ -60,19 +61,24 @@ class RelocateReport:
     seconds: float
     scanned: bool  # True when there was no manifest and the tree was scanned for the prefix
     links_repointed: int = 0
+    #: True when the files to rewrite came from the extraction's hints (no scan)
+    hinted: bool = False
 
 
 # --------------------------------------------------------------------------------------------
 
 
 def relocate(root: str | os.PathLike[str], new_prefix: str | os.PathLike[str] | None = None,
-             manifest: Manifest | None = None, *, old_prefix: str | None = None) -> RelocateReport:
+             manifest: Manifest | None = None, *, old_prefix: str | None = None,
+             hints: PrefixHints | None = None) -> RelocateReport:
     """Rewrite the environment unpacked at ``root`` so that it works at ``new_prefix``.
 
     ``root`` is where the tree is now; ``new_prefix`` where it will be used (default: ``root``).
     ``manifest`` defaults to ``<root>/.ezpz/manifest.json``; without one the kind and old
     prefix are detected (or taken from ``old_prefix``) and the tree is scanned, which reads
-    every file and is slower. Raises :class:`RelocateError` with nothing changed when the
+    every file and is slower, unless ``hints`` from the extraction that wrote the tree (a
+    fresh tree, paths relative to ``root``) name the only files that can hold it (see
+    :mod:`ezpz.extract.hints`). Raises :class:`RelocateError` with nothing changed when the
     environment cannot be relocated.
     """
     t0 = time.perf_counter()
@@ -87,11 +93,11 @@ def relocate(root: str | os.PathLike[str], new_prefix: str | os.PathLike[str] | 
     except OSError as exc:
         raise RelocateError(f"cannot relocate {root_s}: {exc.strerror or exc}") from None
     with anchor:
-        return _relocate(anchor, new, manifest, old_prefix, t0)
+        return _relocate(anchor, new, manifest, old_prefix, t0, hints)
 
 
 def _relocate(root: Anchor, new: str, manifest: Manifest | None, old_prefix: str | None,
-              t0: float) -> RelocateReport:
+              t0: float, hints: PrefixHints | None = None) -> RelocateReport:
     where = root.path
     if manifest is None:
         try:
@@ -128,11 +134,19 @@ def _relocate(root: Anchor, new: str, manifest: Manifest | None, old_prefix: str
             raise RelocateError(f"cannot relocate {where}: the manifest names a bundled "
                                 f"interpreter but {BUNDLED_PYTHON_RELPATH}/ is missing")
 
+    links: list[str] | None = None
+    hinted = False
     if manifest is None:
         scanned = True
-        log.info("%s has no manifest: scanning every file for %s (slower than an archive made "
-                 "by ezpz-tar-env)", where, old)
-        entries = scan_prefix_files(root, old)
+        why = hints.usable(old) if hints is not None else ""
+        if hints is not None and not why:
+            hinted = True
+            entries = scan_prefix_files(root, old, hints.files)
+            links = hints.links
+        else:
+            log.info("%s has no manifest%s: scanning every file for %s (slower than an archive "
+                     "made by ezpz-tar-env)", where, f" and {why}" if why else "", old)
+            entries = scan_prefix_files(root, old)
 
     plan = Plan(root, old, new, bundled)
     plan.add_entries(entries)
@@ -140,7 +154,7 @@ def _relocate(root: Anchor, new: str, manifest: Manifest | None, old_prefix: str
         plan.add_venv_extras()
     if bundled:
         plan.add_bundled_extras()
-    plan.add_links(full_walk=scanned)
+    plan.add_links(full_walk=scanned, only=links)
     if manifest is not None and root.kind(MANIFEST_RELPATH) == "file":
         # The manifest now describes the tree where it lives, so relocating again works. The
         # packer's facts about the original tree (paths, mtimes) do not describe this copy.
@@ -148,14 +162,15 @@ def _relocate(root: Anchor, new: str, manifest: Manifest | None, old_prefix: str
                                     bundled_python_prefix=plan.bundled_new if bundled else None,
                                     source={})
         plan.writes[MANIFEST_RELPATH] = moved.to_json().encode()
-    rewritten, links = plan.execute()
+    rewritten, nlinks = plan.execute()
 
     seconds = time.perf_counter() - t0
     log.info("relocated %s %s -> %s: %d files, %d links in %.3fs%s", kind, old, new, rewritten,
-             links, seconds, " (scanned)" if scanned else "")
+             nlinks, seconds, " (files found while extracting)" if hinted else
+             " (scanned)" if scanned else "")
     if kind == "venv" and not bundled:
         _warn_missing_home(root)
-    return RelocateReport(kind, old, new, rewritten, seconds, scanned, links)
+    return RelocateReport(kind, old, new, rewritten, seconds, scanned, nlinks, hinted)
 
 
 def _check_new_prefix(new: str) -> None:

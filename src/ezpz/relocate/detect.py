@@ -128,11 +128,15 @@ def _prefix_from_conda_history(root: Anchor) -> str | None:
     return None
 
 
-def scan_prefix_files(root: Anchor, old: str) -> list[tuple[str, str]]:
+def scan_prefix_files(root: Anchor, old: str,
+                      paths: list[str] | None = None) -> list[tuple[str, str]]:
     """Every regular file holding ``old`` (``.pyc`` aside), as (relative path, text|binary):
-    the scan ``ezpz-tar-env`` records in the manifest, done here on the delivered tree."""
+    the scan ``ezpz-tar-env`` records in the manifest, done here on the delivered tree
+    (only on ``paths`` when given: the files the extraction saw holding part of ``old``)."""
+    if paths is not None:
+        paths = [p for p in paths if not p.endswith(SKIP_SUFFIXES)]
     try:
-        found = find_prefix_files(root, old)
+        found = find_prefix_files(root, old, paths)
     except EzpzError as exc:
         raise RelocateError(f"cannot relocate {root.path}: {exc}") from None
     return [(p.path, p.mode) for p in found if not p.path.endswith(SKIP_SUFFIXES)]

@@ -89,9 +89,14 @@ class Plan:
             elif file_contains(self.root, rel, needle) and not has_nul(self.root, rel):
                 self.files[rel] = "text"
 
-    def add_links(self, full_walk: bool) -> None:
-        """Symlinks pointing into the old prefix (or the bundled interpreter's) become relative."""
-        if full_walk:
+    def add_links(self, full_walk: bool, only: list[str] | None = None) -> None:
+        """Symlinks pointing into the old prefix (or the bundled interpreter's) become relative.
+
+        ``only``: the tree's symlinks with an absolute target are among these paths (the
+        extraction listed them), read instead of walking the tree."""
+        if only is not None:
+            rels = [r for r in only if self.root.kind(r) == "link"]
+        elif full_walk:
             rels = [f"{d}/{e.name}" if d else e.name for d, entries in self.root.walk()
                     for e in entries if e.kind == "link"]
         else:

@@ -9,6 +9,7 @@ import shlex
 from collections.abc import Iterable
 
 from ..errors import RelocateError
+from ..formats.prefix import SKIP_SUFFIXES as SKIP_SUFFIXES  # re-exported
 from ..log import get_logger
 
 log = get_logger(__name__)
@@ -22,7 +23,6 @@ FORBIDDEN_IN_PREFIX = {"'": "a single quote", '"': "a double quote", "\\": "a ba
 # A prefix only matches where it ends a path component: not followed by a name character.
 _BOUNDARY = rb"(?![A-Za-z0-9_.+\-])"
 TMP_SUFFIX = ".ezpz-relocate"
-SKIP_SUFFIXES = (".pyc", ".pyo")
 TRAMPOLINE = re.compile(rb"\A#!/bin/sh\n'''exec' (?P<cmd>[^\n]*?) \"\$0\" \"\$@\"\n' '''")
 _PLACEHOLDER_VALUE = re.compile(rb'"prefix_placeholder"\s*:\s*"(?:[^"\\]|\\.)*"')
 SCAN_CHUNK = 1 << 20

@@ -221,8 +221,9 @@ class NodeStatus:
     mb_s: float = 0.0
     error: str | None = None
     rss_mb: float = 0.0
-    #: Wall-clock times (s since the epoch) at which this node received the end of the
-    #: stream (``stream_end``), finished extracting (``extract_end``) and installed (``done``).
+    #: Wall-clock times (s since the epoch) at which the leader's process started (``start``),
+    #: its communicator was ready (``comm``), it received the end of the stream
+    #: (``stream_end``), finished extracting (``extract_end``) and installed (``done``).
     timeline: dict[str, float] = field(default_factory=dict)
     #: Bytes this node received faster than it extracted them and kept in its spill file.
     spilled: int = 0

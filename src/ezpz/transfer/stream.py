@@ -376,8 +376,11 @@ class Consumer(threading.Thread):
                 threads = resolve_threads(self.spec.threads)
                 dec = DecodeAhead(raw, self.plan.codec, threads=decode_threads(threads))
                 try:
+                    # without a manifest, relocation needs to know which files hold the
+                    # old prefix: the extraction notes them as the data passes
+                    hints = self.spec.relocate and self.plan.kind is None
                     ex = SafeExtractor(self.node.staging, engine=self.spec.engine,
-                                       label=self.plan.src)
+                                       label=self.plan.src, hints=hints)
                     self.report = ex.run(cast(BinaryIO, dec), self.plan.codec)
                 finally:
                     dec.close()

@@ -30,7 +30,7 @@ from typing import Any
 from ..config import Status
 from ..envkind import EnvKind, detect_kind
 from ..errors import EXIT_FAILURE, ConfigError, EzpzError, TransferError
-from ..fsutil import peak_rss_mb
+from ..fsutil import peak_rss_mb, process_start_time
 from ..jobenv import get_rank
 from ..log import get_logger
 from . import sentinel as sentinel_mod
@@ -73,6 +73,7 @@ class Transfer:
         self.host = ""
         #: Every rank of the job is alive and will finalize too (see MPIComm.close).
         self.clean = True
+        self._t_comm = 0.0
 
     # -- emergency exits (timeout watchdog, signals) ------------------------------------
     def _emergency_cleanup(self) -> None:
@@ -115,6 +116,7 @@ class Transfer:
         except BaseException:
             self._done()
             raise
+        self._t_comm = time.time()
         if self.sentinel is not None:
             self.sentinel.started()
         self.host = comm.host
@@ -167,6 +169,10 @@ class Transfer:
              ) -> TransferResult | None:
         spec = self.spec
         my = NodeStatus(host=comm.host)
+        started = process_start_time() if self._comm is None else None
+        if started is not None:
+            my.timeline["start"] = started
+        my.timeline["comm"] = self._t_comm
         plan = self._share_plan(comm)
         if not comm.is_leader:
             nchunks = max(1, math.ceil(plan.bytes / spec.chunk_bytes))
@@ -315,8 +321,10 @@ class Transfer:
         tree = node.staging
         if not node.file_mode:
             report = self.consumer.report if self.consumer else None
+            hints = report.hints if report is not None else None
             if report is not None and report.top:
                 tree = os.path.join(node.staging, report.top)
+                hints = hints.below(report.top) if hints is not None else None
             from ..formats.manifest import Manifest
 
             try:
@@ -328,7 +336,8 @@ class Transfer:
                 t0 = time.perf_counter()
                 from ..relocate import relocate
 
-                rep = relocate(tree, new_prefix=node.dst, manifest=manifest)
+                rep = relocate(tree, new_prefix=node.dst, manifest=manifest,
+                               hints=hints if manifest is None else None)
                 log.info("relocated %d files to %s", rep.files_rewritten, node.dst)
                 self.phases["relocate"] = time.perf_counter() - t0
         node.install(tree, digest)
@@ -465,3 +474,4 @@ class Transfer:
                 raise CommTimeout(f"rank 0 sent no outcome for transfer.timeout="
                                   f"{self.spec.timeout:g}s (it is stopped, gone or stuck)")
             time.sleep(0.005)
+
