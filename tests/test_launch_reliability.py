@@ -504,6 +504,7 @@ DDP = textwrap.dedent("""
         json.dump({"rank": rank, "world": world, "local_rank": int(os.environ["LOCAL_RANK"]),
                    "host": socket.gethostname(), "first": losses[0], "last": losses[-1],
                    "same": all(torch.equal(every[0], t) for t in every)}, fh)
+    dist.barrier()  # no rank tears gloo down while another still talks to it
     dist.destroy_process_group()
 """)
 

@@ -131,3 +131,57 @@ def test_a_framed_archive_lands_the_same_at_every_thread_count(framed_env, tmp_p
     # from 4 threads on, the frames were decoded on their own (2 nodes: every frame twice)
     parallel = decode.decode_threads(decode.resolve_threads(threads)) > 1
     assert (len(frames) == 2 * (len(read_manifest(framed_env).frames) + 1)) == parallel
+
+
+@pytest.fixture(scope="module")
+def plain_archives(framed_env, tmp_path_factory) -> dict[str, Path]:
+    """The same venv as archives users make themselves, with no manifest: GNU tar piped to
+    the zstd tool, and tar -czf."""
+    import shutil
+
+    # a long original prefix: binary files keep their length when relocated, so the nodes'
+    # dsts must not be longer
+    work = tmp_path_factory.mktemp("plain") / ("long-prefix-" * 12)
+    env = work / "env"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(env)], check=True)
+    shutil.copytree(framed_env.parent / "env" / "pkg", env / "pkg", symlinks=True)
+    shutil.copy2(framed_env.parent / "env" / "big.bin", env / "big.bin")
+    for i in range(50):  # text files that hold this env's own prefix
+        (env / "pkg" / f"p{i}.py").write_text(f"# {env}\nX = {i}\n")
+    out = {"tar-zstd": work / "env.tar.zst", "tar-gz": work / "env.tar.gz"}
+    tar = subprocess.run(["tar", "-C", str(work), "-cf", "-", "env"], check=True,
+                         capture_output=True).stdout
+    out["tar-zstd"].write_bytes(subprocess.run(["zstd", "-q", "-3", "-c"], input=tar,
+                                               check=True, capture_output=True).stdout)
+    subprocess.run(["tar", "-C", str(work), "-czf", str(out["tar-gz"]), "env"], check=True)
+    return out
+
+
+@pytest.mark.parametrize("threads", [7, 0])
+@pytest.mark.parametrize("kind", ["tar-zstd", "tar-gz"])
+def test_plain_archives_land_and_relocate_the_same_at_every_thread_count(
+        plain_archives, tmp_path, kind, threads):
+    """Plain archives (no manifest, relocated from the files the extraction noted) give the
+    same trees at any thread count as at one thread, on every node."""
+    from test_transfer_local import run_job
+
+    src = plain_archives[kind]
+    spec = WorkerSpec(src=str(src), dst=str(tmp_path / "x" / "env"), backend=Backend.mpi,
+                      chunk_bytes=100_000, depth=2, timeout=60.0, relocate=True,
+                      overwrite=True)
+
+    def run(n: int, name: str) -> dict[str, dict]:
+        out = run_job(["a", "b"], lambda h: dataclasses.replace(
+            spec, threads=n, dst=str(tmp_path / h / "env")), tmp_path / name, timeout=60)
+        assert out[0].status is Status.ok, out
+        # relocation rewrites files (their mtimes are its own): types, modes and contents
+        return {h: {k: (v[0], v[1], v[3]) for k, v in _snapshot(tmp_path / h / "env").items()}
+                for h in "ab"}
+
+    want = run(1, "one")
+    assert str(src.parent / "env") not in (tmp_path / "a" / "env" / "bin" /
+                                           "activate").read_text()  # relocated
+    assert str(tmp_path / "a" / "env") in (tmp_path / "a" / "env" / "bin" /
+                                           "activate").read_text()
+    assert run(threads, "many") == want
+    assert str(tmp_path / "b" / "env") in (tmp_path / "b" / "env" / "pkg" / "p7.py").read_text()

@@ -1,7 +1,7 @@
 """The transfer at scale and with faults, on simulated nodes with real mpiexec.
 
-- one node slowed by a CPU limit (a cgroup) does not pace the others: the broadcast goes on
-  while it extracts from its spill file, and the others finish first;
+- one node whose extraction is slow does not pace the others: the broadcast goes on while it
+  extracts from its spill file, and the others finish first;
 - 16 nodes, one with a /tmp that fills up, one rank SIGKILLed and one SIGSTOPped beyond the
   timeout, all in one run: the others finish, the run ends ``partial`` with
   ``min_success_fraction`` and the failed-hosts file names exactly those three nodes;
@@ -26,7 +26,6 @@ from pathlib import Path
 
 import pytest
 
-import cgroups
 import simnodes
 from test_reliability_faults import worker_pids
 
@@ -71,24 +70,24 @@ def debris(node) -> list[str]:
 # a slow node
 # --------------------------------------------------------------------------------------
 def test_slow_node_does_not_pace_the_others(simnodes_ok, tmp_path):
-    ok, why = cgroups.available()
-    if not ok:
-        pytest.skip(why)
+    # node2's extraction reads at most 1 MB/s (the test-only EZPZ_TEST_SLOW_EXTRACT); its
+    # receiving is not slowed. (A CPU limit on the whole process would not do: the kernel's
+    # CPU quota pauses every thread of the node once it is used up, the receiver too, and
+    # then the node cannot receive either.)
     src = many_files(tmp_path / "env.tar", 20000, 200)
     cfg = config(tmp_path, src=str(src), chunk_size="256KiB", timeout=120)
     out = tmp_path / "out"
     out.mkdir()
     env = simnodes.sim_env(out, capture=True)
+    env["EZPZ_TEST_SLOW_EXTRACT"] = "node2:1"
     cmd = [simnodes.mpiexec_path(), "-n", "4", simnodes.SIMNODE, *worker(cfg, tmp_path / "run")]
-    with cgroups.cpu_limit(5) as cg:  # node2 gets a twentieth of one CPU once it is up
-        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True)
-        try:
-            cgroups.join(cg, _staged(proc, cfg, 4, rank=2))
-            output, _ = proc.communicate(timeout=600)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    try:
+        output, _ = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
     nodes = simnodes.collect(out, 4)
     assert proc.returncode == 0, output + "\n".join(n.output[-2000:] for n in nodes)
     results = json.loads((tmp_path / "run" / "results.json").read_text())
@@ -97,38 +96,21 @@ def test_slow_node_does_not_pace_the_others(simnodes_ok, tmp_path):
     assert slow["status"] == "ok" and all(p["status"] == "ok" for p in by_host.values())
     # the slow node had received everything while much was still to be extracted: what it
     # could not keep in its receive buffers went to its spill file; the broadcast went on
-    assert slow["spilled"] > 0, slow
+    assert slow["spilled"] >= results["archive"]["bytes"] // 4, slow
     assert slow["timeline"]["stream_end"] < slow["timeline"]["extract_end"]
     # the broadcast (rank 0's end of the stream) and every other node's install were done
     # before the slow node finished extracting
     assert by_host["node0"]["timeline"]["stream_end"] < slow["timeline"]["extract_end"]
     for host, p in by_host.items():
-        assert p["spilled"] == 0, (host, p)
+        # on 2 shared cores another node's extraction may fall behind the broadcast too (and
+        # spill): never as far as the slow one
+        assert p["spilled"] < slow["spilled"], (host, p)
         assert p["timeline"]["done"] < slow["timeline"]["extract_end"], (host, p, slow)
     for node in nodes:
         assert tree_files(node) == 20000, node.host
         assert debris(node) == [], sorted(node.tmp)[:10]
 
 
-def _staged(proc: subprocess.Popen, cfg: Path, n: int, rank: int) -> int:
-    """The pid of ``rank``'s worker once it has made its staging directory (start-up done,
-    the stream about to begin)."""
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline and proc.poll() is None:
-        pid = worker_pids(cfg).get(rank)
-        if pid:
-            try:
-                if [e for e in os.listdir(f"/proc/{pid}/root/tmp") if "ezpz-staging" in e]:
-                    return pid
-            except OSError:
-                pass
-        time.sleep(0.002)
-    raise AssertionError(f"rank {rank} never made its staging directory")
-
-
-# --------------------------------------------------------------------------------------
-# 16 nodes, three faults at once
-# --------------------------------------------------------------------------------------
 def _in_flight(proc: subprocess.Popen, cfg: Path, n: int) -> dict[int, int]:
     """Wait until every rank is up and node1 has extracted something; return the pids."""
     deadline = time.monotonic() + 180

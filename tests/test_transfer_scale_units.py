@@ -393,3 +393,26 @@ def test_process_start_time_is_when_the_process_started(tmp_path):
     after = time.time()
     started = float(out)
     assert before - 0.02 <= started <= after - 0.3 + 0.02, (before, started, after)
+
+
+@pytest.mark.parametrize("value, host, want", [
+    ("node2:1", "node2", 1e6), ("node2:0.5", "node2", 5e5), ("a:b:2", "a:b", 2e6),
+    ("node2:1", "node1", None), ("node2:0", "node2", None), ("node2:-1", "node2", None),
+    ("node2:inf", "node2", None), ("node2:nan", "node2", None), ("node2", "node2", None),
+    ("", "node2", None),
+])
+def test_the_test_only_slow_extraction_setting(monkeypatch, value, host, want):
+    from ezpz.transfer.backlog import slow_extract_rate
+
+    monkeypatch.setenv("EZPZ_TEST_SLOW_EXTRACT", value)
+    assert slow_extract_rate(host) == want
+
+
+def test_a_paced_stream_reads_everything_in_order():
+    import io
+
+    from ezpz.transfer.backlog import Paced
+
+    data = bytes(range(256)) * 1000
+    paced = io.BufferedReader(Paced(io.BytesIO(data), rate=1e9))
+    assert paced.read() == data

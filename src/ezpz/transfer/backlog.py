@@ -260,3 +260,40 @@ class Backlog(io.RawIOBase):
         self._finish_current()
         self._close_spill()
         super().close()
+
+
+def slow_extract_rate(host: str) -> float | None:
+    """Bytes per second the extraction on ``host`` may read, from the test-only setting
+    ``EZPZ_TEST_SLOW_EXTRACT=HOST:MB_PER_S`` (a slow node in the decoupling tests); None
+    when it is unset, malformed or names another host."""
+    raw = os.environ.get("EZPZ_TEST_SLOW_EXTRACT", "")
+    name, _, rate = raw.rpartition(":")
+    try:
+        value = float(rate)
+    except ValueError:
+        return None
+    if name != host or not 0 < value < float("inf"):
+        return None
+    return value * 1e6
+
+
+class Paced(io.RawIOBase):
+    """``raw`` read at most ``rate`` bytes per second (see :func:`slow_extract_rate`)."""
+
+    def __init__(self, raw: Any, rate: float) -> None:
+        super().__init__()
+        self.raw, self.rate = raw, rate
+        self._t0 = time.monotonic()
+        self._read = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        view = memoryview(b)[:1 << 16]
+        n = int(self.raw.readinto(view))
+        self._read += n
+        ahead = self._read / self.rate - (time.monotonic() - self._t0)
+        if ahead > 0:
+            time.sleep(ahead)
+        return n

@@ -30,7 +30,7 @@ from collections.abc import Callable
 from typing import Any, BinaryIO, cast
 
 from ..fsutil import write_all
-from .backlog import Backlog
+from .backlog import Backlog, Paced, slow_extract_rate
 from .comm import Comm, CommTimeout
 from .comm.base import Resync
 from .node import NodeInstall
@@ -373,6 +373,9 @@ class Consumer(threading.Thread):
                 raw: Any = self.stream
                 if self.copy_fd is not None:
                     raw = Tee(self.stream, self.copy_fd)
+                pace = slow_extract_rate(self.node.host)
+                if pace is not None:
+                    raw = Paced(raw, pace)
                 threads = resolve_threads(self.spec.threads)
                 dec = DecodeAhead(raw, self.plan.codec, threads=decode_threads(threads))
                 try:
