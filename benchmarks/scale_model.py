@@ -24,8 +24,10 @@ alpha + chunk * beta; from 8 ranks scatter + ring allgather, ``(lg p + p - 1) * 
 2 * chunk * (p - 1)/p * beta`` (cost comments in src/mpi/coll/ibcast/). The worker drives
 every collective as a non-blocking request polled with sleeps; MPICH advances such a request
 only inside a Test call, so each algorithm step waits, on average, the "gate" measured here.
-That is harmless in a binomial tree (``lg p`` steps) and ruinous in a ring (``p - 1`` steps);
-the "as today" column prices it, the design columns assume collectives progressed without it.
+That is harmless in a binomial tree (``lg p`` steps) and ruinous in a ring (``p - 1`` steps):
+the "polled" columns price it, with MPICH's rings and with the trees the worker asks for
+(ezpz.transfer.comm.base.MPICH_TREE_CVARS); the design columns assume collectives progressed
+without it.
 
 Validation: the real transfer (``python -m ezpz.transfer`` under the MPICH wheel's mpiexec,
 one simulated node per rank as in bench_transfer.py) of the small payload (``--validate-payload
@@ -86,7 +88,10 @@ PY = sys.executable
 DEFAULTS = TransferConfig()
 CHUNK = DEFAULTS.chunk_bytes  # 16 MiB
 DEPTH = DEFAULTS.depth  # 4
-OBJ_BYTES = OBJ_SLOT  # one node's slot in the worker's status allgathers
+OBJ_BYTES = OBJ_SLOT  # the plan and the run name: root broadcasts of one slot
+#: What each node adds to the worker's three allgathers (the dst checks, the actions);
+#: statuses reach rank 0 as mail, one small message per node.
+GATHER_BYTES = 1
 RATES_CACHE = payload.CACHE / "scale-model-rates.json"
 SHM = "/dev/shm"  # a tmpfs, like a compute node's /tmp on Aurora
 # force the ring algorithms (MPICH CVARs) to time one algorithm step of each collective
@@ -424,12 +429,13 @@ def _simrun(n: int, argv: list[str], env_extra: dict[str, str]) -> tuple[float, 
 def mpi_probe(reps: int, small: int) -> None:
     """One rank of the collectives probe (run under mpiexec): the worker's own calls."""
     comm = make_comm("mpi", 300.0)
+    comm.start_stream(list(range(comm.nnodes)))
     data = bytearray(CHUNK)
     little = bytearray(small)
     ctrl = bytearray(CONTROL_SIZE)
 
     def timed(fn: Callable[[], Any], n: int) -> tuple[float, float, float]:
-        comm.barrier()
+        comm.allgather_byte(1)  # start together
         ts = []
         c0 = time.process_time()
         for _ in range(n):
@@ -442,21 +448,19 @@ def mpi_probe(reps: int, small: int) -> None:
         "data": timed(lambda: comm.bcast_data(data, CHUNK), reps),
         "small": timed(lambda: comm.bcast_data(little, small), reps),
         "ctrl": timed(lambda: comm.bcast_control(ctrl), reps),
-        "allgather": timed(lambda: comm.allgather_leaders({"host": comm.host}), max(5, reps // 4)),
+        "allgather": timed(lambda: comm.allgather_byte(1), max(5, reps // 4)),
     }
-    every = comm.gather_obj(mine)
-    if comm.rank == 0:
-        print("PROBE " + json.dumps({"p": comm.size, "ranks": every}), flush=True)
+    print("PROBE " + json.dumps(mine), flush=True)  # every rank: collected from each node
     comm.close()
 
 
 def _probe(n: int, reps: int, small: int, env: dict[str, str]) -> dict[str, Any]:
     _, nodes = _simrun(n, [PY, __file__, "--probe-mpi", str(reps), str(small)], env)
-    line = [ln for ln in nodes[0].output.splitlines() if ln.startswith("PROBE ")][-1]
-    got = json.loads(line[6:])
+    ranks = [json.loads([ln for ln in nd.output.splitlines() if ln.startswith("PROBE ")][-1][6:])
+             for nd in nodes]
     # the collective ends when its last rank does: (median, CPU per call of each rank, least)
-    return {k: (max(r[k][0] for r in got["ranks"]), [r[k][1] for r in got["ranks"]],
-                max(r[k][2] for r in got["ranks"]))
+    return {k: (max(r[k][0] for r in ranks), [r[k][1] for r in ranks],
+                max(r[k][2] for r in ranks))
             for k in ("data", "small", "ctrl", "allgather")}
 
 
@@ -622,7 +626,7 @@ def measure(args: argparse.Namespace) -> Rates:
          f"leader {two['data'][1][1] * 1e3:.2f} ms)", quiet)
     _say(f"    wait per algorithm step (ring forced, 4 nodes; polled minus not polled "
          f"{step_busy * 1e6:.0f} us): data {gate_data * 1e3:.2f} ms, control "
-         f"{gate_ctrl * 1e3:.2f} ms, status allgather {gate_ag * 1e3:.1f} ms; one status "
+         f"{gate_ctrl * 1e3:.2f} ms, allgather {gate_ag * 1e3:.1f} ms; one "
          f"allgather at 2 nodes (1 step): {two['allgather'][0] * 1e3:.1f} ms", quiet)
 
     python_s, _ = bench_transfer.startup(["-c", "pass"])
@@ -729,11 +733,14 @@ def model(m: Machine, r: Rates, p: int, archive_bytes: int, files: int, codec: s
     read_chunk = chunk / m.read_Bps  # the reader thread, overlapped with the broadcast
 
     def control(gated: bool, tree: bool = False) -> float:
-        # plan and actions at the start, statuses at the end; every leader decodes p slots
-        _, gsteps, gmoved = (("", lg, OBJ_BYTES * (p - 1)) if tree
-                             else iallgather_algorithm(p, OBJ_BYTES))
+        # two root broadcasts (run name, plan), three 1-byte allgathers (dst checks, actions),
+        # then rank 0 decodes one status mail per node
+        _, gsteps, gmoved = (("", lg, GATHER_BYTES * (p - 1)) if tree
+                             else iallgather_algorithm(p, GATHER_BYTES))
         one = collective_s(gsteps, gmoved, m.alpha, m.bw, r.gate_allgather_s if gated else 0.0)
-        return 3 * (one + p * r.status_json_s / speed)
+        _, bsteps, bmoved = ibcast_algorithm(p, OBJ_BYTES)
+        obj = collective_s(bsteps, bmoved, m.alpha, m.bw, r.gate_ctrl_s if gated else 0.0)
+        return 3 * one + 2 * obj + p * r.status_json_s / speed
 
     storm = (IMPORT_STORM[0] * p / IMPORT_STORM[1] * r.worker_modules / STORM_MODULES
              if worker_env == "lustre" else 0.0)
@@ -810,7 +817,7 @@ def fixed_here(r: Rates, n: int, tree: bool = False, speed: float | None = None)
     the rates), and the three status allgathers (MPICH's steps for n ranks, each waiting as
     measured)."""
     s_n = r.eff(n) if speed is None else speed
-    gsteps = log2c(n) if tree else iallgather_algorithm(n, OBJ_BYTES)[1]
+    gsteps = log2c(n) if tree else iallgather_algorithm(n, GATHER_BYTES)[1]
     # a few steps (lg n here) wait like the 2-node call; a long ring waits the steady gate
     per_step = r.allgather_short_s if gsteps <= 4 else r.step_busy_s + r.gate_allgather_s
     return n * r.worker_cpu_s / s_n + 3 * gsteps * per_step
@@ -901,8 +908,8 @@ def gate_check(r: Rates, n: int, repeat: int) -> None:
     finally:
         shutil.rmtree(root, ignore_errors=True)
     d, t = _median(times["before"]), _median(times["now"])
-    print(f"status allgather of {n} x {OBJ_BYTES} B: {iallgather_algorithm(n, OBJ_BYTES)[0]} "
-          f"({iallgather_algorithm(n, OBJ_BYTES)[1]} steps) by MPICH's choice, Bruck "
+    print(f"allgather of {n} x {GATHER_BYTES} B: {iallgather_algorithm(n, GATHER_BYTES)[0]} "
+          f"({iallgather_algorithm(n, GATHER_BYTES)[1]} steps) by MPICH's choice, Bruck "
           f"({log2c(n)} steps) with the worker's defaults")
     print(f"before {d:.2f} s (model {fixed_here(r, n):.2f} s), now {t:.2f} s (model "
           f"{fixed_here(r, n, tree=True):.2f} s): before/now {d / t:.2f}x")
