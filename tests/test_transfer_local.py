@@ -232,3 +232,19 @@ def test_plain_venv_archive_relocated_from_the_extractions_hints(tmp_path, caplo
     msgs = [r.getMessage() for r in caplog.records]
     assert sum("(files found while extracting)" in m for m in msgs) == 2, msgs
     assert not any("scanning every file" in m for m in msgs)
+
+
+def test_a_slow_extraction_spills_only_where_other_nodes_wait(job, monkeypatch):
+    """Behind the stream, a leader spills (the broadcast goes on for the others); rank 0 alone
+    never does: nobody waits for its broadcast, and a copy through /tmp would only cost."""
+    files, spec_for, tmp = job
+    monkeypatch.setenv("EZPZ_TEST_SLOW_EXTRACT", "b:0.05")  # 50 kB/s: far behind the stream
+    two = run_job(["a", "b"], spec_for, tmp / "two")[0]
+    assert two.status is Status.ok, two
+    spilled = {n.host: n.spilled for n in two.per_node}
+    assert spilled["b"] > 0, spilled
+    monkeypatch.setenv("EZPZ_TEST_SLOW_EXTRACT", "c:0.05")
+    alone = run_job(["c"], spec_for, tmp / "one")[0]
+    assert alone.status is Status.ok, alone
+    assert [n.spilled for n in alone.per_node] == [0]
+    assert _tree(tmp / "nodes" / "c" / "env") == _tree(tmp / "nodes" / "b" / "env")

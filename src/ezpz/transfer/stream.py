@@ -335,14 +335,15 @@ def pump(comm: Comm, side: RootSide | LeaderSide, backlog: Backlog | None, timeo
 # --------------------------------------------------------------------------------------
 class Consumer(threading.Thread):
     def __init__(self, node: NodeInstall, plan: Plan, spec: WorkerSpec, *,
-                 root: bool = False) -> None:
+                 root: bool = False, spill: bool = True) -> None:
         super().__init__(name="ezpz-extract", daemon=True)
         self.node = node
         self.plan = plan
         self.spec = spec
         # rank 0's reader needs a free buffer to read ahead while one is broadcast
         cap = max(1, spec.depth - (2 if root else 1))
-        self.stream = Backlog(cap, spill_dir=node.parent, spill_name=node.name,
+        self.stream = Backlog(cap, spill_dir=node.parent if spill else None,
+                              spill_name=node.name,
                               reserve=self._reserve)
         self.error: BaseException | None = None
         self.report: Any = None

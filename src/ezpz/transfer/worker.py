@@ -249,7 +249,10 @@ class Transfer:
         if active:
             assert self.node is not None
             try:
-                self.consumer = Consumer(self.node, plan, spec, root=comm.is_root)
+                # rank 0 spills only to keep the broadcast going for other nodes
+                alone = comm.is_root and len(set(comm.members) - {0}) == 0
+                self.consumer = Consumer(self.node, plan, spec, root=comm.is_root,
+                                         spill=not alone)
             except OSError as exc:  # e.g. the kept archive copy cannot be created
                 my.fail(one_line(exc))  # still take part in the broadcast, write nothing
             else:
