@@ -58,19 +58,6 @@ _TOP_KEYS = {"exclude", "overwrite", "skip_unreadable"}
 # --------------------------------------------------------------------------------------
 # the environment
 # --------------------------------------------------------------------------------------
-def read_pyvenv_cfg(prefix: str | os.PathLike[str]) -> dict[str, str]:
-    out: dict[str, str] = {}
-    try:
-        text = (Path(prefix) / "pyvenv.cfg").read_text(errors="replace")
-    except OSError:
-        return out
-    for line in text.splitlines():
-        key, sep, value = line.partition("=")
-        if sep:
-            out[key.strip().lower()] = value.strip()
-    return out
-
-
 @dataclasses.dataclass
 class PythonFacts:
     version: str | None = None
@@ -105,7 +92,7 @@ def python_facts(prefix: str | os.PathLike[str], kind: str) -> PythonFacts:
         except (OSError, subprocess.SubprocessError):
             pass
     if kind == "venv":
-        cfg = read_pyvenv_cfg(prefix)
+        cfg = outside.read_pyvenv_cfg(Path(prefix))
         home = cfg.get("home")
         if facts.base_prefix is None and home:
             home_path = Path(home)

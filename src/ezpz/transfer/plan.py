@@ -179,18 +179,9 @@ def _manifest_facts(path: str) -> tuple[str | None, int | None]:
 def make_plan(src: str, decompress: bool) -> Plan:
     """Rank 0's view of the source. Raises :class:`ConfigError` (the user's to fix: every rank
     reports it) when it cannot be read or is not what ``decompress`` needs."""
+    check_source(src, decompress)
     try:
         st = os.stat(src)
-    except OSError as exc:
-        raise ConfigError(f"transfer.src: cannot read {src}: {exc.strerror}") from None
-    if not os.path.isfile(src):
-        raise ConfigError(f"transfer.src: {src} is not a regular file (give an archive, or a "
-                          "file with transfer.decompress=false)")
-    if st.st_size == 0 and decompress:
-        raise ConfigError(f"transfer.src: {src} is empty (0 bytes), not an archive; give an "
-                          "archive made by ezpz-tar-env (or transfer.decompress=false to "
-                          "deliver the empty file)")
-    try:
         with open(src, "rb") as fh:
             head = fh.read(DETECT_BYTES)
         ident = archive_id(src, st.st_size, st.st_mtime_ns)
