@@ -58,46 +58,37 @@ def stream_sub(src: Iterator[bytes], out: Callable[[bytes], None], regex: re.Pat
     (binary padding); ``on_match(old, new)`` sees every replacement. Returns whether anything
     changed."""
     keep = longest + 1  # a match and the byte its boundary looks at
-    carry = b""
     changed = False
-    for chunk in src:
-        buf = carry + chunk if carry else chunk
-        limit = len(buf) - keep
+
+    def emit(buf: bytes, limit: int) -> int:
+        """Write ``buf`` with the matches that start before ``limit`` replaced, up to the
+        later of the last match's end and ``limit``; returns where that is."""
+        nonlocal changed
         parts: list[bytes] = []
         pos = 0
-        if limit > 0:
-            for m in regex.finditer(buf):
-                if m.start() >= limit:
-                    break
-                raw = buf[pos:m.start()]
-                parts.append(on_raw(raw) if on_raw else raw)
-                old = m.group(0)
-                new = repl(m)
-                if on_match:
-                    on_match(old, new)
-                changed = changed or new != old
-                parts.append(new)
-                pos = m.end()
+        for m in regex.finditer(buf):
+            if m.start() >= limit:
+                break
+            raw = buf[pos:m.start()]
+            parts.append(on_raw(raw) if on_raw else raw)
+            old, new = m.group(0), repl(m)
+            if on_match:
+                on_match(old, new)
+            changed = changed or new != old
+            parts.append(new)
+            pos = m.end()
         cut = max(pos, limit, 0)
         raw = buf[pos:cut]
         parts.append(on_raw(raw) if on_raw else raw)
         out(b"".join(parts))
-        carry = buf[cut:]
-    parts = []
-    pos = 0
-    for m in regex.finditer(carry):
-        raw = carry[pos:m.start()]
-        parts.append(on_raw(raw) if on_raw else raw)
-        old = m.group(0)
-        new = repl(m)
-        if on_match:
-            on_match(old, new)
-        changed = changed or new != old
-        parts.append(new)
-        pos = m.end()
-    raw = carry[pos:]
-    parts.append(on_raw(raw) if on_raw else raw)
-    out(b"".join(parts))
+        return cut
+
+    carry = b""
+    for chunk in src:
+        buf = carry + chunk if carry else chunk
+        # a match that starts in the last `keep` bytes may go on in the next chunk
+        carry = buf[emit(buf, len(buf) - keep):]
+    emit(carry, len(carry))  # the end of the file: every match
     return changed
 
 
