@@ -31,7 +31,7 @@ from __future__ import annotations
 import re
 import struct
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, BinaryIO, NamedTuple
 
 from ..errors import ArchiveError
@@ -190,19 +190,25 @@ class TarReader:
             got += take
         return b"".join(parts)
 
-    def _skip(self, n: int) -> int:
-        """Skip ``n`` bytes; returns how many were there."""
+    def _spans(self, n: int, size: int | None = None) -> Iterator[memoryview]:
+        """The next ``n`` bytes (fewer at the end of the stream) as views of the decoded
+        blocks of at most ``size`` bytes, each consumed as it is handed out."""
         done = 0
         while done < n:
             avail = len(self._buf) - self._i
             if avail == 0:
                 if not self._fill():
-                    break
+                    return
                 continue
-            take = min(avail, n - done)
+            take = min(avail, n - done) if size is None else min(avail, n - done, size)
+            start = self._i
             self._i += take
             done += take
-        return done
+            yield self._buf[start:start + take]
+
+    def _skip(self, n: int) -> int:
+        """Skip ``n`` bytes; returns how many were there."""
+        return sum(len(span) for span in self._spans(n))
 
     def _truncated(self, what: str) -> ArchiveError:
         return ArchiveError(f"{self.label}: truncated archive ({what}; the tar stream ends at "
@@ -247,16 +253,9 @@ class TarReader:
         """Write the current member's data to ``fd`` without extra copies."""
         n = self._data
         done = 0
-        while done < n:
-            avail = len(self._buf) - self._i
-            if avail == 0:
-                if not self._fill():
-                    break
-                continue
-            take = min(avail, n - done)
-            write_all(fd, self._buf[self._i:self._i + take])
-            self._i += take
-            done += take
+        for span in self._spans(n):
+            write_all(fd, span)
+            done += len(span)
         self._data = 0
         if done != n:
             raise self._truncated(f"member {name!r} has {done} of its {n} bytes")
@@ -266,19 +265,13 @@ class TarReader:
         """The current member's data as views of at most ``size`` bytes."""
         n = self._data
         done = 0
-        while done < n:
-            avail = len(self._buf) - self._i
-            if avail == 0:
-                if not self._fill():
-                    self._data = 0
-                    raise self._truncated(f"member {name!r} has {done} of its {n} bytes")
-                continue
-            take = min(avail, n - done, size)
-            view = self._buf[self._i:self._i + take]
-            self._i += take
-            done += take
+        for view in self._spans(n, size):
+            done += len(view)
             self._data = n - done
             yield view
+        if done != n:
+            self._data = 0
+            raise self._truncated(f"member {name!r} has {done} of its {n} bytes")
 
     def _finish_member(self) -> None:
         left = self._data + self._pad
