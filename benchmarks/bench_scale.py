@@ -80,7 +80,7 @@ def _launch(n: int, argv: list[str], env: dict[str, str] | None = None,
 
 
 def _staged(proc: subprocess.Popen, cfg: Path, rank: int) -> int:
-    from test_reliability_faults import worker_pids
+    from simnodes import worker_pids
 
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and proc.poll() is None:

@@ -64,24 +64,6 @@ class _Reader:
         return out
 
 
-def worker_pids(marker: str) -> dict[int, int]:
-    """PMI rank -> pid of the workers whose command line holds ``marker``."""
-    out = {}
-    for proc in Path("/proc").glob("[0-9]*"):
-        try:
-            argv = (proc / "cmdline").read_bytes().split(b"\0")
-            if argv[1:3] != [b"-m", b"ezpz.transfer"] or marker.encode() not in argv:
-                continue
-            if (proc / "comm").read_text().strip() == "ezpz-sentinel":  # the rank's guard
-                continue
-            env = dict(x.split(b"=", 1) for x in (proc / "environ").read_bytes().split(b"\0")
-                       if b"=" in x)
-            out[int(env[b"PMI_RANK"])] = int(proc.name)
-        except (OSError, KeyError, ValueError, IndexError):
-            continue
-    return out
-
-
 def debris(node_dir: Path) -> list[str]:
     try:
         return sorted(e for e in os.listdir(node_dir) if any(d in e for d in DEBRIS))
@@ -146,7 +128,7 @@ def one_run(i: int, work: Path, archive: Path, nodes: int, timeout: float, margi
     pids: dict[int, int] = {}
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
-        pids = worker_pids(str(spec_file))
+        pids = simnodes.worker_pids(spec_file)
         if len(pids) == nodes and received(root / "node1") > 0:
             break
         time.sleep(0.002)

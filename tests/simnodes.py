@@ -146,3 +146,22 @@ def run_simnodes(n: int, argv: Sequence[str], *, ppn: int = 1, timeout: float = 
     finally:
         if own:
             shutil.rmtree(outdir, ignore_errors=True)
+
+
+def worker_pids(marker: str | os.PathLike[str]) -> dict[int, int]:
+    """PMI rank -> pid of the running ``python -m ezpz.transfer`` workers whose command line
+    holds ``marker`` (a config or spec file, a run directory), not their sentinels."""
+    out = {}
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+            if argv[1:3] != [b"-m", b"ezpz.transfer"] or os.fsencode(marker) not in argv:
+                continue
+            if (proc / "comm").read_text().strip() == "ezpz-sentinel":  # the rank's guard
+                continue
+            env = dict(x.split(b"=", 1) for x in (proc / "environ").read_bytes().split(b"\0")
+                       if b"=" in x)
+            out[int(env[b"PMI_RANK"])] = int(proc.name)
+        except (OSError, KeyError, ValueError, IndexError):
+            continue
+    return out

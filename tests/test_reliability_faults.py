@@ -31,24 +31,6 @@ pytestmark = pytest.mark.simnodes
 BIG = 512 << 20  # sparse: cheap to create and to read; the transfer is stopped long before
 
 
-def worker_pids(cfg: Path) -> dict[int, int]:
-    """PMI rank -> pid of this test's worker processes (found by their config file)."""
-    out = {}
-    for proc in Path("/proc").glob("[0-9]*"):
-        try:
-            argv = (proc / "cmdline").read_bytes().split(b"\0")
-            if argv[1:3] != [b"-m", b"ezpz.transfer"] or str(cfg).encode() not in argv:
-                continue
-            if (proc / "comm").read_text().strip() == "ezpz-sentinel":  # the rank's guard
-                continue
-            env = dict(x.split(b"=", 1) for x in (proc / "environ").read_bytes().split(b"\0")
-                       if b"=" in x)
-            out[int(env[b"PMI_RANK"])] = int(proc.name)
-        except (OSError, KeyError, ValueError, IndexError):
-            continue
-    return out
-
-
 def staging_bytes(pid: int) -> int:
     """Bytes already in a staging file in that process's node /tmp (0 when none yet)."""
     tmp = f"/proc/{pid}/root/tmp"
@@ -81,7 +63,7 @@ def mid_transfer(proc, cfg: Path, n: int) -> dict[int, int]:
     """Wait until node1 has received data and every rank is up; return the pids."""
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and proc.poll() is None:
-        pids = worker_pids(cfg)
+        pids = simnodes.worker_pids(cfg)
         if len(pids) == n and staging_bytes(pids[1]) > 0:
             return pids
         time.sleep(0.002)

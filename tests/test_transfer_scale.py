@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 
 import simnodes
-from test_reliability_faults import worker_pids
+from simnodes import worker_pids
 
 pytestmark = [pytest.mark.simnodes, pytest.mark.slow]
 
