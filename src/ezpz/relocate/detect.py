@@ -194,21 +194,7 @@ def file_contains(root: Anchor, rel: str, needles: list[bytes]) -> bool:
 
 
 def has_nul(root: Anchor, rel: str) -> bool:
-    got = _blocks(root, rel)
-    if got is None:
-        return False
-    fd = got[0]
-    try:
-        while True:
-            chunk = os.read(fd, SCAN_CHUNK)
-            if not chunk:
-                return False
-            if b"\0" in chunk:
-                return True
-    except OSError:
-        return False
-    finally:
-        os.close(fd)
+    return file_contains(root, rel, [b"\0"])
 
 
 def is_elf(root: Anchor, rel: str) -> bool:

@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from ..anchored import Anchor, is_escape
 from ..errors import RelocateError
 from ..formats.manifest import BUNDLED_PYTHON_RELPATH, MANIFEST_RELPATH
+from ..fsutil import write_all
 from ..log import get_logger
 from .detect import file_contains, has_nul, is_elf
 from .rewrite import SKIP_SUFFIXES, TMP_SUFFIX, Rewriter, _rewrite_shebang
@@ -258,9 +259,7 @@ class Plan:
         try:
             fd = self.root.open(tmp, _NEW, 0o600)
             try:
-                view = memoryview(new)
-                while len(view):
-                    view = view[os.write(fd, view):]
+                write_all(fd, new)
                 os.fchmod(fd, mode)
             finally:
                 os.close(fd)
