@@ -390,3 +390,25 @@ def test_one_line_launch_without_a_ready_spare_does_not_start(simnodes_ok, tmp_p
         "see the delivery's results.json; launcher.spares=N holds hosts back to take their "
         "place")
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("tty, given, want", [(True, None, "bar"), (False, None, "log"),
+                                              (True, "off", "off"), (False, "bar", "bar")])
+def test_the_ranks_show_progress_as_this_terminal_allows(monkeypatch, tty, given, want):
+    """A rank's output is a pipe: the delivery tells rank 0 whether to draw a bar."""
+    from types import SimpleNamespace
+
+    from ezpz.deliver import _progress_env
+
+    class Err(io.StringIO):
+        def isatty(self) -> bool:
+            return tty
+
+    monkeypatch.setattr("sys.stderr", Err())
+    if given is None:
+        monkeypatch.delenv("EZPZ_PROGRESS", raising=False)
+    else:
+        monkeypatch.setenv("EZPZ_PROGRESS", given)
+    plan = SimpleNamespace(env={})
+    _progress_env(plan)
+    assert plan.env == {"EZPZ_PROGRESS": want}

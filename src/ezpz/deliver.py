@@ -151,17 +151,11 @@ def _torch_rendezvous(plan: LaunchPlan, backend: Backend, launcher: LauncherConf
 
 
 def _progress_env(plan: LaunchPlan) -> None:
-    """Rank 0's output is a pipe to the launcher: it draws a bar only when this process's
-    stderr is a terminal (an explicit EZPZ_PROGRESS wins)."""
-    if "EZPZ_PROGRESS" not in os.environ:
-        plan.env.setdefault("EZPZ_PROGRESS", "bar" if _isatty(sys.stderr) else "log")
+    """Rank 0's output is a pipe to the launcher: how it shows progress is decided here, from
+    this process's stderr (a bar on a terminal) or EZPZ_PROGRESS."""
+    from .transfer.progress import mode
 
-
-def _isatty(stream: Any) -> bool:
-    try:
-        return bool(stream.isatty())
-    except (AttributeError, ValueError):
-        return False
+    plan.env.setdefault("EZPZ_PROGRESS", mode())
 
 
 def _retry_plan(plan: LaunchPlan, hosts: list[str], workdir: Path, argv: list[str]) -> LaunchPlan:
