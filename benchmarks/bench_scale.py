@@ -10,9 +10,9 @@ against the floor of the same launch doing nothing but starting Python and MPI
 (``mpiexec -n N simnode.sh python -c 'from mpi4py import MPI; ...Barrier()'``). Prints both
 per N and the time each added node costs (least-squares slope), for ezpz and the floor.
 
-``slow``: 4 nodes, node2 moved into a cgroup limited to 5% of one CPU once it has made its
-staging directory (start-up done); three configurations, alternating: no slow node; a slow
-node with the decoupled broadcast (the default: what it cannot extract yet goes to its
+``slow``: 4 nodes, node2's extraction reading at most 1 MB/s (``EZPZ_TEST_SLOW_EXTRACT``:
+its receiving is not slowed; a CPU quota on the whole process would pause its receiver too);
+three configurations, alternating: no slow node; a slow node with the decoupled broadcast (the default: what it cannot extract yet goes to its
 spill file); a slow node in lockstep (``EZPZ_SPILL=0``: the broadcast waits for its
 extraction). Prints rank 0's broadcast phase, when the other nodes were done and when the
 slow node finished extracting (seconds from launch, medians), and the ratios to the run
@@ -40,7 +40,6 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 
-import cgroups  # noqa: E402
 import simnodes  # noqa: E402
 
 PY = sys.executable
@@ -56,10 +55,8 @@ def many_files(path: Path, count: int, size: int) -> Path:
     return path
 
 
-def _launch(n: int, argv: list[str], env: dict[str, str] | None = None,
-            join_slow: Path | None = None, cfg: Path | None = None) -> tuple[float, int]:
-    """Run ``argv`` on n simulated nodes; (wall s, exit code). ``join_slow``: the cgroup
-    node2's worker is moved into once it made its staging directory."""
+def _launch(n: int, argv: list[str], env: dict[str, str] | None = None) -> tuple[float, int]:
+    """Run ``argv`` on n simulated nodes; (wall s, exit code)."""
     out = tempfile.mkdtemp(prefix="ezpz-bench-scale-", dir="/var/tmp")
     try:
         full = simnodes.sim_env(out, capture=True, check=False, base=env)
@@ -67,8 +64,6 @@ def _launch(n: int, argv: list[str], env: dict[str, str] | None = None,
         proc = subprocess.Popen([simnodes.mpiexec_path(), "-n", str(n), simnodes.SIMNODE,
                                  *argv], env=full, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True)
-        if join_slow is not None and cfg is not None:
-            cgroups.join(join_slow, _staged(proc, cfg, 2))
         output, _ = proc.communicate(timeout=1800)
         wall = time.perf_counter() - t0
         if proc.returncode != 0:
@@ -79,24 +74,8 @@ def _launch(n: int, argv: list[str], env: dict[str, str] | None = None,
         shutil.rmtree(out, ignore_errors=True)
 
 
-def _staged(proc: subprocess.Popen, cfg: Path, rank: int) -> int:
-    from simnodes import worker_pids
-
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and proc.poll() is None:
-        pid = worker_pids(cfg).get(rank)
-        if pid:
-            try:
-                if [e for e in os.listdir(f"/proc/{pid}/root/tmp") if "ezpz-staging" in e]:
-                    return pid
-            except OSError:
-                pass
-        time.sleep(0.002)
-    raise SystemExit(f"rank {rank} never made its staging directory")
-
-
-def transfer(work: Path, n: int, archive: Path, chunk: str, env: dict[str, str] | None = None,
-             join_slow: Path | None = None) -> tuple[float, float, dict]:
+def transfer(work: Path, n: int, archive: Path, chunk: str, env: dict[str, str] | None = None
+             ) -> tuple[float, float, dict]:
     """(launch time, wall s, results.json) of one transfer to n nodes."""
     from ezpz.config import Backend, parse_size
     from ezpz.transfer import WorkerSpec
@@ -107,8 +86,7 @@ def transfer(work: Path, n: int, archive: Path, chunk: str, env: dict[str, str] 
                chunk_bytes=parse_size(chunk), timeout=600.0).write(str(cfg))
     t_launch = time.time()
     wall, _ = _launch(n, [PY, "-m", "ezpz.transfer", "--spec", str(cfg), "--run-dir",
-                          str(run)], dict(os.environ, EZPZ_LOG_LEVEL="WARNING", **(env or {})),
-                      join_slow=join_slow, cfg=cfg)
+                          str(run)], dict(os.environ, EZPZ_LOG_LEVEL="WARNING", **(env or {})))
     results = json.loads((run / "results.json").read_text())
     shutil.rmtree(run, ignore_errors=True)
     return t_launch, wall, results
@@ -153,21 +131,16 @@ def part_nodes(work: Path, archive: Path, nodes: list[int], repeat: int) -> None
 
 
 def part_slow(work: Path, archive: Path, repeat: int) -> None:
-    ok, why = cgroups.available()
-    if not ok:
-        print(f"\nslow node: skipped ({why})")
-        return
-    print(f"\nslow node: 4 nodes, node2 limited to 5% of one CPU once started; archive "
+    print(f"\nslow node: 4 nodes, node2's extraction reading at most 1 MB/s; archive "
           f"{archive.stat().st_size / 1e6:.1f} MB of small files, chunk 256KiB; seconds from "
           f"launch, medians of {repeat}\n")
-    configs = {"no slow node": ({}, False), "slow node, decoupled (default)": ({}, True),
-               "slow node, lockstep (EZPZ_SPILL=0)": ({"EZPZ_SPILL": "0"}, True)}
+    slow = {"EZPZ_TEST_SLOW_EXTRACT": "node2:1"}
+    configs = {"no slow node": {}, "slow node, decoupled (default)": slow,
+               "slow node, lockstep (EZPZ_SPILL=0)": {**slow, "EZPZ_SPILL": "0"}}
     rows: dict[str, list[tuple[float, float, float, float, int]]] = {c: [] for c in configs}
     for _ in range(repeat):  # alternate
-        for name, (env, slow) in configs.items():
-            with cgroups.cpu_limit(5) as cg:
-                t0, wall, res = transfer(work, 4, archive, "256KiB", env,
-                                         join_slow=cg if slow else None)
+        for name, env in configs.items():
+            t0, wall, res = transfer(work, 4, archive, "256KiB", env)
             per = {p["host"]: p for p in res["per_node"]}
             others = max(per[h]["timeline"]["done"] for h in per if h != "node2") - t0
             slow_end = per["node2"]["timeline"]["extract_end"] - t0
