@@ -505,7 +505,12 @@ DDP = textwrap.dedent("""
                    "host": socket.gethostname(), "first": losses[0], "last": losses[-1],
                    "same": all(torch.equal(every[0], t) for t in every)}, fh)
     dist.barrier()  # no rank tears gloo down while another still talks to it
+    del ddp, opt     # the reducer holds the group: release it before destroying
     dist.destroy_process_group()
+    # gloo's threads can abort the interpreter's own teardown (SIGABRT, "terminate called
+    # without an active exception") now and then; the job's work is done and recorded here
+    sys.stdout.flush()
+    os._exit(0)
 """)
 
 
