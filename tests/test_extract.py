@@ -17,8 +17,9 @@ from ezpz.errors import ArchiveError
 from ezpz.extract import ChunkStream, SafeExtractor, extract_file, extract_stream
 from ezpz.formats.codecs import open_decoder
 
-#: "python-no-c" is the python engine with the C helper for plain members turned off.
-ENGINES = ["python", "python-no-c", "tar"]
+#: "python-no-c" is the python engine with the C helper for plain members turned off;
+#: "python-pool" the python engine writing on 4 threads (whatever this machine's cores).
+ENGINES = ["python", "python-no-c", "python-pool", "tar"]
 
 
 @pytest.fixture(params=ENGINES)
@@ -27,6 +28,9 @@ def engine(request, monkeypatch) -> str:
     and without its C helper)."""
     if request.param == "python-no-c":
         monkeypatch.setenv("EZPZ_EXTRACT_C", "0")
+        return "python"
+    if request.param == "python-pool":
+        monkeypatch.setattr("ezpz.extract.extractor.write_threads", lambda total: 4)
         return "python"
     return request.param
 

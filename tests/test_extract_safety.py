@@ -23,13 +23,16 @@ import tarbuild as tb
 from ezpz.errors import ArchiveError
 from ezpz.extract import checks, extract_file
 
-ENGINES = ["python", "python-no-c", "tar"]
+ENGINES = ["python", "python-no-c", "python-pool", "tar"]
 
 
 @pytest.fixture(params=ENGINES)
 def engine(request, monkeypatch) -> str:
     if request.param == "python-no-c":
         monkeypatch.setenv("EZPZ_EXTRACT_C", "0")
+        return "python"
+    if request.param == "python-pool":
+        monkeypatch.setattr("ezpz.extract.extractor.write_threads", lambda total: 4)
         return "python"
     return request.param
 

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from fuzz_harness import Findings, Sandbox, _slices, hostile, mutate, run_case, venv_archives
 
 #: Examples per engine: the whole run stays well under a minute.
-EXAMPLES = {"python": 2000, "python-no-c": 1000, "tar": 400}
+EXAMPLES = {"python": 2000, "python-no-c": 1000, "python-pool": 1000, "tar": 400}
 
 
 @pytest.fixture(scope="module")
@@ -31,6 +31,8 @@ def test_fuzz_extraction(corpus, engine, monkeypatch):
     box, seeds = corpus
     if engine == "python-no-c":
         monkeypatch.setenv("EZPZ_EXTRACT_C", "0")
+    if engine == "python-pool":  # the writer pool with 4 threads, whatever the cores
+        monkeypatch.setattr("ezpz.extract.extractor.write_threads", lambda total: 4)
     eng = "tar" if engine == "tar" else "python"
     findings = Findings()
 

@@ -185,3 +185,153 @@ def test_plain_archives_land_and_relocate_the_same_at_every_thread_count(
                                            "activate").read_text()
     assert run(threads, "many") == want
     assert str(tmp_path / "b" / "env") in (tmp_path / "b" / "env" / "pkg" / "p7.py").read_text()
+
+
+# --------------------------------------------------------------------------------------
+# the writer pool: file data written on several threads, the tree the same
+# --------------------------------------------------------------------------------------
+def test_writing_gets_the_other_half_from_four_on():
+    from ezpz.extract.decode import decode_threads, write_threads
+
+    assert [write_threads(n) for n in (1, 2, 3, 4, 5, 8, 16)] == [1, 1, 1, 2, 3, 4, 8]
+    assert all(decode_threads(n) + write_threads(n) == n for n in (4, 5, 8, 16))
+
+
+def _pool_archive() -> bytes:
+    """Large files spanning many decoded blocks beside small ones, paths written twice
+    (file over file, symlink over file, file over symlink), hardlinks to a large file
+    still being written, modes the umask would drop, and distinct mtimes."""
+    from tarbuild import end, member
+
+    rnd = os.urandom(1 << 20)
+    big = [rnd[i:] + rnd[:i] for i in range(0, 12 * 4099, 4099)]  # 1 MiB each, all distinct
+    parts = [member("t/", typ=b"5", mode=0o755)]
+    for i in range(6):
+        data = b"".join(big[i:i + 3 + i % 3]) + b"tail%d" % i  # 3 to 5 MiB, not aligned
+        parts.append(member(f"t/big{i}.bin", data, mode=0o640 + i % 2, mtime=1_600_000_000 + i))
+        for k in range(40):
+            parts.append(member(f"t/small/{i}/{k}.py", b"# %d %d\n" % (i, k) * (k + 1),
+                                mtime=1_650_000_000 + k))
+    parts += [member(f"t/small/{i}/", typ=b"5", mtime=1_500_000_000 + i) for i in range(6)]
+    parts.append(member("t/small/", typ=b"5", mode=0o750))
+    parts.append(member("t/hard", typ=b"1", link=b"t/big5.bin"))
+    parts.append(member("t/big2.bin", big[8] * 2, mode=0o600))  # a large file again
+    parts.append(member("t/big3.bin", typ=b"2", link=b"big0.bin"))  # a symlink over it
+    parts.append(member("t/big3.bin", big[7] * 3, mode=0o4755))  # and a file over that
+    parts.append(member("t/ro.bin", big[6] * 2, mode=0o400))
+    parts.append(member("t/dup", b"first"))  # still waiting in a batch when
+    parts.append(member("t/dup", b"second"))  # the next member replaces it
+    return b"".join(parts) + end()
+
+
+@pytest.fixture(scope="module")
+def pool_archive(tmp_path_factory) -> Path:
+    p = tmp_path_factory.mktemp("pool") / "a.tar"
+    p.write_bytes(_pool_archive())
+    return p
+
+
+def _extract(src: Path, dst: Path, writers: int, **kw: object):
+    import io
+
+    from ezpz.extract import SafeExtractor
+
+    dst.mkdir(parents=True)
+    with open(src, "rb") as fh:
+        return SafeExtractor(str(dst), writers=writers, **kw).run(io.BufferedReader(fh))
+
+
+@pytest.mark.parametrize("writers", [2, 4, 8])
+def test_the_writer_pool_gives_the_tree_one_writer_gives(pool_archive, tmp_path, writers):
+    ref = _extract(pool_archive, tmp_path / "one", 1)
+    rep = _extract(pool_archive, tmp_path / "many", writers)
+    want = _snapshot(tmp_path / "one")
+    got = _snapshot(tmp_path / "many")
+    assert got == want
+    assert rep.fast_members == ref.fast_members > 200  # every small file by the C writer
+    t = tmp_path / "many" / "t"
+    assert (t / "big3.bin").read_bytes()[:16] != (t / "big0.bin").read_bytes()[:16]
+    assert not (t / "big3.bin").is_symlink() and stat.S_IMODE((t / "big3.bin").stat().st_mode) \
+        == 0o755  # setuid dropped, the last member won
+    assert os.path.samefile(t / "hard", t / "big5.bin")
+    assert (t / "hard").stat().st_size == 5 * (1 << 20) + len(b"tail5")
+    assert stat.S_IMODE((t / "ro.bin").stat().st_mode) == 0o400
+    assert (t / "dup").read_bytes() == b"second"
+    assert (t / "big1.bin").stat().st_mtime == 1_600_000_001
+    assert stat.S_IMODE((t / "small").stat().st_mode) == 0o750
+
+
+_FAIL_SCRIPT = r"""
+import io, json, os, resource, signal, sys, threading
+from ezpz.errors import ArchiveError
+from ezpz.extract import SafeExtractor
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)       # writes past the limit fail with EFBIG
+resource.setrlimit(resource.RLIMIT_FSIZE, (2 << 20, 2 << 20))
+before = sorted(os.listdir("/proc/self/fd"))
+threads = threading.active_count()
+try:
+    with open(sys.argv[1], "rb") as fh:
+        SafeExtractor(sys.argv[2], writers=int(sys.argv[3])).run(io.BufferedReader(fh))
+    out = {"error": None}
+except ArchiveError as exc:
+    out = {"error": str(exc)}
+out["fds_left"] = sorted(set(os.listdir("/proc/self/fd")) - set(before))
+out["threads_left"] = threading.active_count() - threads
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.parametrize("writers", [1, 4])
+def test_a_failed_write_in_the_pool_names_the_member_and_leaves_no_descriptor(
+        pool_archive, tmp_path, writers):
+    import json
+
+    dst = tmp_path / "d"
+    dst.mkdir()
+    p = subprocess.run([sys.executable, "-c", _FAIL_SCRIPT, str(pool_archive), str(dst),
+                        str(writers)], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout)
+    assert out["error"] is not None and "cannot write member 't/big0.bin' into" in out["error"]
+    assert "File too large" in out["error"]
+    assert out["fds_left"] == [] and out["threads_left"] == 0
+    # nothing past the failing member was written
+    assert not (dst / "t" / "big1.bin").exists()
+
+
+def _fds() -> set[str]:
+    return set(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.parametrize("writers", [1, 4])
+def test_an_archive_cut_inside_a_large_file_is_refused_and_leaves_no_descriptor(
+        pool_archive, tmp_path, writers):
+    import threading
+
+    from ezpz.errors import ArchiveError
+
+    data = pool_archive.read_bytes()
+    cut = tmp_path / "cut.tar"
+    cut.write_bytes(data[:2 << 20])  # inside t/big0.bin (3 MiB and a tail)
+    before, threads = _fds(), threading.active_count()
+    with pytest.raises(ArchiveError, match=r"truncated archive \(member 't/big0.bin' has "):
+        _extract(cut, tmp_path / "d", writers)
+    assert _fds() - before == set()
+    assert threading.active_count() == threads
+
+
+@pytest.mark.parametrize("writers", [1, 4])
+def test_a_symlink_at_a_large_files_path_is_replaced_never_written_through(
+        pool_archive, tmp_path, writers):
+    outside = tmp_path / "outside"
+    outside.write_bytes(b"keep")
+    dst = tmp_path / "d"
+    (dst / "t").mkdir(parents=True)
+    (dst / "t" / "big4.bin").symlink_to(outside)
+    from ezpz.extract import SafeExtractor
+
+    with open(pool_archive, "rb") as fh:
+        SafeExtractor(str(dst), writers=writers).run(fh)
+    assert outside.read_bytes() == b"keep"
+    assert not (dst / "t" / "big4.bin").is_symlink()
+    assert (dst / "t" / "big4.bin").stat().st_size > 3 << 20

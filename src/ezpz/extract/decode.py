@@ -39,6 +39,12 @@ def decode_threads(total: int) -> int:
     return total // 2 if total >= 4 else 1
 
 
+def write_threads(total: int) -> int:
+    """Of ``total`` extraction threads, the ones that write file data: the other half from
+    4 on (the parser, which runs Python, sits beside them), else one."""
+    return total - decode_threads(total) if total >= 4 else 1
+
+
 class DecodeAhead:
     """The decompressed stream, decoded in its own thread ahead of the tar parser.
 

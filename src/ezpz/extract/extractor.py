@@ -19,6 +19,7 @@ from ..formats.codecs import decode_error
 from ..formats.tarread import TarReader
 from ..fsutil import free_bytes
 from .checks import DIR, FILE, HARDLINK, SYMLINK, ExtractReport, MemberChecker
+from .decode import resolve_threads, write_threads
 from .hints import HintCollector
 from .tarpipe import TarPipeWriter
 from .writers import PythonWriter, WriteError
@@ -65,11 +66,13 @@ class SafeExtractor:
     """Extract one tar stream into ``dest`` (an existing, empty directory), checking members.
 
     ``run(decoded)`` reads the decompressed stream to its end and returns an
-    :class:`ExtractReport`. ``label`` (usually the archive path) prefixes errors.
+    :class:`ExtractReport`. ``label`` (usually the archive path) prefixes errors. ``writers``
+    is the number of threads writing file data (default: :func:`~.decode.write_threads` of
+    ``transfer.threads=auto``).
     """
 
     def __init__(self, dest: str, *, engine: str = "python", label: str = "archive",
-                 hints: bool = False) -> None:
+                 hints: bool = False, writers: int | None = None) -> None:
         try:
             engine = choice(Engine, engine, "transfer.extractor")
         except ConfigError as exc:
@@ -81,6 +84,7 @@ class SafeExtractor:
         self.report = ExtractReport(engine=engine)
         self._member = ""
         self._fast = _load_fast() if engine == "python" else None
+        self.writers = writers if writers is not None else write_threads(resolve_threads(0))
         #: relocation hints collected on the way (``hints=True``; :mod:`.hints`)
         self.hints = HintCollector(self._fast or _load_fast()) if hints else None
 
@@ -103,7 +107,7 @@ class SafeExtractor:
                         self.hints.why = f"{self.dest} was not empty"
                     else:
                         reader.on_block = self.hints.block
-                writer = PythonWriter(root, self.report, self._fast) \
+                writer = PythonWriter(root, self.report, self._fast, self.writers) \
                     if self.engine == "python" else TarPipeWriter(self.dest, self.label)
                 with _short_switch_interval():
                     self._loop(reader, writer)

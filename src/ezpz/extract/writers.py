@@ -3,12 +3,21 @@
 Everything goes through the anchored API (:mod:`ezpz.anchored`): each member is created by
 its last component under a descriptor of its parent directory, which was resolved beneath
 the destination without following any symlink; files are created ``O_EXCL | O_NOFOLLOW``,
-so nothing is ever written through a link. Regular files whose data lies whole in the
-decoded block are handed to the C writer (``ezpz.extract._fastx``) in batches, written by a
-thread of their own with the GIL released while the next members are read and checked;
-everything else is written here, after the batches it could depend on (same path, a
-hardlink's file) were written. Directories are created writable
-(0700) and get their own mode and mtime at the end, deepest first, as GNU tar does.
+so nothing is ever written through a link.
+
+File data is written by a pool of writer threads (:class:`WritePool`, ``writers`` of them)
+while the extraction thread reads and checks the next members. Regular files whose data
+lies whole in the decoded block go to the C writer (``ezpz.extract._fastx``, GIL released)
+in batches. A larger file is written by the extraction thread itself when the pool has one
+thread (on few cores that keeps both busy); with several, its data is handed to the pool
+span by span (views of the decoded blocks, written at their offsets, so one large file is
+written by several threads at once), its mode and mtime applied when its last span is
+written. Directories, symlinks and hardlinks are made by the extraction thread, in archive
+order, and the checks stay there: the pool only ever writes data into files it was given.
+Two writes never race for one path: a member that replaces an earlier one (and a hardlink,
+whose file may still be in the pool) first waits until everything handed out is written.
+Directories are created writable (0700) and get their own mode and mtime at the end,
+deepest first, as GNU tar does.
 """
 
 from __future__ import annotations
@@ -32,6 +41,8 @@ _FS_ERRORS = sys.getfilesystemencodeerrors()
 #: A batch for the C writer is written when it holds this many files or bytes.
 BATCH_FILES = 256
 BATCH_BYTES = 16 << 20
+#: A large file's data is handed to the writer pool in spans of at most this many bytes.
+SPAN_BYTES = 4 << 20
 
 
 class WriteError(OSError):
@@ -43,19 +54,22 @@ class WriteError(OSError):
 
 
 class PythonWriter:
-    """Writes accepted members below ``root``; ``fast`` is the C writer module or None."""
+    """Writes accepted members below ``root``; ``fast`` is the C writer module or None (then
+    every member is written by the calling thread); ``writers`` the pool's threads."""
 
-    def __init__(self, root: Anchor, report: ExtractReport, fast: Any = None) -> None:
+    def __init__(self, root: Anchor, report: ExtractReport, fast: Any = None,
+                 writers: int = 1) -> None:
         self.root = root
         self.report = report
         self.dirs = DirCache(root, size=256)
         self._umask = current_umask()
         self._fast = fast
+        self._writers = max(1, writers)
         self._batch: list[tuple[int, bytes, int, int, memoryview]] = []
         self._names: list[str] = []
         self._batch_bytes = 0
         self._block = -1
-        self._thread: _BatchWriter | None = None
+        self._pool: WritePool | None = None
         self._dir_meta: dict[str, tuple[int, int]] = {}
         self._root_meta: tuple[int, int] | None = None
 
@@ -81,9 +95,12 @@ class PythonWriter:
                         self.flush()
                     return
             if replaces:
-                self.sync()  # what is there may still be in a batch
+                self.sync()  # what is there may still be in the pool
                 self._unlink(a)
-            self._file(a, reader)
+            if self._fast is not None and self._writers > 1:
+                self._stream(a, reader)
+            else:  # one writer thread: the parser writes the large file meanwhile
+                self._file(a, reader)
         elif kind == DIR:
             if a.replaces:
                 self.sync()
@@ -101,7 +118,7 @@ class PythonWriter:
             except OSError:  # pragma: no cover - filesystems without lutimes
                 pass
         elif kind == HARDLINK:
-            self.sync()  # the linked file may be in a batch
+            self.sync()  # the linked file may be in the pool
             if a.replaces:
                 self._unlink(a)
             thead, _, tleaf = a.target.rpartition("/")
@@ -129,46 +146,70 @@ class PythonWriter:
         except FileNotFoundError:
             pass
 
-    def _file(self, a: Accepted, reader: TarReader, view: memoryview | None = None) -> None:
+    def _create(self, a: Accepted) -> tuple[int, bool]:
+        """A new file for ``a`` (descriptor, and whether it was created with its mode)."""
         pfd = self.dirs.get(a.parent)
-        mode = a.mode
-        direct = self._umask is not None and not mode & self._umask
-        first = mode if direct else 0o600
+        direct = self._umask is not None and not a.mode & self._umask
+        first = a.mode if direct else 0o600
         try:
             fd = os.open(a.leaf, _NEW_FILE, first, dir_fd=pfd)
         except FileExistsError:  # the destination held it before: replace it (not a directory)
             os.unlink(a.leaf, dir_fd=pfd)
             fd = os.open(a.leaf, _NEW_FILE, first, dir_fd=pfd)
+        return fd, direct
+
+    def _file(self, a: Accepted, reader: TarReader) -> None:
+        fd, direct = self._create(a)
         try:
-            if view is None:
-                view = reader.data_view()
+            view = reader.data_view()
             if view is not None:
                 write_all(fd, view)
             else:
                 reader.copy_data(fd, a.name)
             if not direct:
-                os.fchmod(fd, mode)
+                os.fchmod(fd, a.mode)
             os.utime(fd, (a.mtime, a.mtime))
         finally:
             os.close(fd)
 
-    # -- the C writer ----------------------------------------------------------------------
+    def _stream(self, a: Accepted, reader: TarReader) -> None:
+        """A file whose data spans decoded blocks: created here, its spans written in order
+        by one thread of the pool (one file's writes would only queue on its inode lock),
+        closed by that thread after the last."""
+        self.flush()
+        pool = self._get_pool()
+        fd, direct = self._create(a)
+        f = _Streamed(fd, a.name, a.mode, a.mtime, direct)
+        lane = pool.lane()
+        try:
+            for span in reader.iter_data(a.name, SPAN_BYTES):
+                pool.submit(_SPAN, (f, span), lane)
+        except BaseException:
+            f.failed = True
+            raise
+        finally:
+            pool.submit(_CLOSE, (f,), lane, force=True)
+
+    # -- the pool --------------------------------------------------------------------------
+    def _get_pool(self) -> WritePool:
+        if self._pool is None:
+            self._pool = WritePool(self._fast, self._umask, self.report, self._writers)
+        return self._pool
+
     def flush(self) -> None:
-        """Hand the batch of files waiting for the C writer to its thread."""
+        """Hand the batch of files waiting for the C writer to the pool."""
         if self._batch:
-            if self._thread is None:
-                self._thread = _BatchWriter(self._fast, self._umask, self.report)
-            self._thread.submit(self._batch, self._names)
+            self._get_pool().submit(_BATCH, (self._batch, self._names))
             self._batch = []
             self._names = []
             self._batch_bytes = 0
 
     def sync(self) -> None:
-        """Wait until every batch is written (raising the first failure), then close the
-        directory descriptors evicted meanwhile."""
+        """Wait until everything handed to the pool is written (raising the first failure),
+        then close the directory descriptors evicted meanwhile."""
         self.flush()
-        if self._thread is not None:
-            self._thread.sync()
+        if self._pool is not None:
+            self._pool.sync()
         self.dirs.release()
 
     # -- the end -------------------------------------------------------------------------
@@ -184,36 +225,92 @@ class PythonWriter:
             os.utime(self.root.fd, (mtime, mtime))
 
     def close(self) -> None:
-        """Stop the batch writer (what waits is dropped), then close the descriptors."""
+        """Stop the pool (what waits is dropped, files it held are closed), then close the
+        descriptors."""
         self._batch = []
-        if self._thread is not None:
-            self._thread.stop()
+        if self._pool is not None:
+            self._pool.stop()
         self.dirs.close()
 
 
-class _BatchWriter:
-    """The C writer in a thread of its own: batches are written (GIL released) while the
-    extraction thread reads and checks the next members. At most ``DEPTH`` batches wait;
-    the first failure is raised by the next ``submit`` or ``sync``."""
+_BATCH = 0  # (records, names): files written whole by the C writer
+_SPAN = 1  # (_Streamed, view): the next span of a large file
+_CLOSE = 2  # (_Streamed,): its last span was handed out
 
-    DEPTH = 2
 
-    def __init__(self, fast: Any, umask: int | None, report: ExtractReport) -> None:
+class _Streamed:
+    """A large file being written by one thread of the pool, span after span; closed (with
+    its mode and mtime, unless a write failed) after the last."""
+
+    def __init__(self, fd: int, name: str, mode: int, mtime: int, direct: bool) -> None:
+        self.fd, self.name, self.mode, self.mtime, self.direct = fd, name, mode, mtime, direct
+        self.failed = False
+
+    def write(self, view: memoryview) -> None:
+        if self.failed:
+            return
+        try:
+            write_all(self.fd, view)
+        except OSError as exc:
+            self.failed = True
+            raise WriteError(exc.errno or errno.EIO, self.name) from None
+
+    def close(self) -> None:
+        try:
+            if not self.failed:
+                if not self.direct:
+                    os.fchmod(self.fd, self.mode)
+                os.utime(self.fd, (self.mtime, self.mtime))
+        except OSError as exc:
+            raise WriteError(exc.errno or errno.EIO, self.name) from None
+        finally:
+            os.close(self.fd)
+
+
+class WritePool:
+    """Writer threads, each with a queue of its own (a *lane*): batches for the C writer go
+    to the lane with the least waiting, the spans of one large file all to one lane, in
+    order. They are written (GIL released) while the extraction thread reads and checks the
+    next members. At most ``DEPTH`` items wait per lane (each holds views of one decoded
+    block); the first failure is raised by the next ``submit`` or ``sync``, and after it
+    nothing more is written (files already open are only closed)."""
+
+    DEPTH = 4
+
+    def __init__(self, fast: Any, umask: int | None, report: ExtractReport,
+                 threads: int = 1) -> None:
         self._fast = fast
         self._umask = -1 if umask is None else umask
         self._report = report
-        self._q: queue.Queue[Any] = queue.Queue(maxsize=self.DEPTH)
+        self._count_lock = threading.Lock()
+        self._lanes: list[queue.Queue[Any]] = [queue.Queue(maxsize=self.DEPTH)
+                                               for _ in range(max(1, threads))]
         self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="ezpz-write", daemon=True)
-        self._thread.start()
+        self._stopping = False
+        self._threads = [threading.Thread(target=self._run, args=(q,), daemon=True,
+                                          name=f"ezpz-write-{i}")
+                         for i, q in enumerate(self._lanes)]
+        for t in self._threads:
+            t.start()
 
-    def submit(self, batch: list[tuple[int, bytes, int, int, memoryview]],
-               names: list[str]) -> None:
-        self._raise()
-        self._q.put((batch, names))
+    def lane(self) -> int:
+        """The lane with the least waiting."""
+        lanes = self._lanes
+        if len(lanes) == 1:
+            return 0
+        return min(range(len(lanes)), key=lambda i: lanes[i].unfinished_tasks)
+
+    def submit(self, kind: int, item: tuple[Any, ...], lane: int | None = None,
+               force: bool = False) -> None:
+        """Queue ``item`` (on ``lane``, else the least busy one). A failure seen meanwhile is
+        raised first, unless ``force`` (a file's close, which must reach its lane)."""
+        if not force:
+            self._raise()
+        self._lanes[self.lane() if lane is None else lane].put((kind, item))
 
     def sync(self) -> None:
-        self._q.join()
+        for q in self._lanes:
+            q.join()
         self._raise()
 
     def _raise(self) -> None:
@@ -222,35 +319,43 @@ class _BatchWriter:
             raise exc
 
     def stop(self) -> None:
-        while True:  # drop what waits, then let the thread end
-            try:
-                self._q.get_nowait()
-                self._q.task_done()
-            except queue.Empty:
-                break
-        self._q.put(None)
-        self._thread.join()
+        """Drop what waits (closing the files it held), then end the threads."""
+        self._stopping = True
+        for q in self._lanes:
+            q.put(None)
+        for t in self._threads:
+            t.join()
 
-    def _run(self) -> None:
+    def _run(self, q: queue.Queue[Any]) -> None:
         while True:
-            item = self._q.get()
+            got = q.get()
             try:
-                if item is None:
+                if got is None:
                     return
-                if self._error is None:
-                    self._write(*item)
+                kind, item = got
+                if kind == _CLOSE:
+                    item[0].close()
+                elif self._stopping or self._error is not None:
+                    if kind == _SPAN:
+                        item[0].failed = True
+                elif kind == _SPAN:
+                    item[0].write(item[1])
+                else:
+                    self._batch(*item)
             except BaseException as exc:  # noqa: BLE001 - raised in the extraction thread
-                self._error = exc
+                if self._error is None:
+                    self._error = exc
             finally:
-                self._q.task_done()
+                q.task_done()
 
-    def _write(self, batch: list[tuple[int, bytes, int, int, memoryview]],
+    def _batch(self, batch: list[tuple[int, bytes, int, int, memoryview]],
                names: list[str]) -> None:
         start = 0
         while start < len(batch):
             part = batch[start:] if start else batch
             done, err = self._fast.write_files(part, self._umask)
-            self._report.fast_members += done
+            with self._count_lock:
+                self._report.fast_members += done
             start += done
             if not err:
                 return

@@ -369,7 +369,12 @@ class Consumer(threading.Thread):
                 self._write_file()
             else:
                 from ..extract import SafeExtractor
-                from ..extract.decode import DecodeAhead, decode_threads, resolve_threads
+                from ..extract.decode import (
+                    DecodeAhead,
+                    decode_threads,
+                    resolve_threads,
+                    write_threads,
+                )
 
                 raw: Any = self.stream
                 if self.copy_fd is not None:
@@ -384,7 +389,8 @@ class Consumer(threading.Thread):
                     # old prefix: the extraction notes them as the data passes
                     hints = self.spec.relocate and self.plan.kind is None
                     ex = SafeExtractor(self.node.staging, engine=self.spec.engine,
-                                       label=self.plan.src, hints=hints)
+                                       label=self.plan.src, hints=hints,
+                                       writers=write_threads(threads))
                     self.report = ex.run(cast(BinaryIO, dec), self.plan.codec)
                 finally:
                     dec.close()
