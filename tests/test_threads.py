@@ -193,8 +193,9 @@ def test_plain_archives_land_and_relocate_the_same_at_every_thread_count(
 def test_writing_gets_the_other_half_from_four_on():
     from ezpz.extract.decode import decode_threads, write_threads
 
-    assert [write_threads(n) for n in (1, 2, 3, 4, 5, 8, 16)] == [1, 1, 1, 2, 3, 4, 8]
-    assert all(decode_threads(n) + write_threads(n) == n for n in (4, 5, 8, 16))
+    assert [write_threads(n) for n in (1, 2, 3, 4, 5, 8, 16, 32, 256)] == \
+        [1, 1, 1, 2, 3, 4, 8, 16, 16]
+    assert all(decode_threads(n) + write_threads(n) == n for n in (4, 5, 8, 16, 32))
 
 
 def _pool_archive() -> bytes:

@@ -39,10 +39,16 @@ def decode_threads(total: int) -> int:
     return total // 2 if total >= 4 else 1
 
 
+#: Most writer threads, whatever ``transfer.threads`` says: each holds up to
+#: ``WritePool.DEPTH`` decoded blocks (1 MiB) waiting, and a node's filesystem takes no more.
+WRITERS_MAX = 16
+
+
 def write_threads(total: int) -> int:
     """Of ``total`` extraction threads, the ones that write file data: the other half from
-    4 on (the parser, which runs Python, sits beside them), else one."""
-    return total - decode_threads(total) if total >= 4 else 1
+    4 on (the parser, which runs Python, sits beside them), at most :data:`WRITERS_MAX`;
+    else one."""
+    return min(total - decode_threads(total), WRITERS_MAX) if total >= 4 else 1
 
 
 class DecodeAhead:
