@@ -10,7 +10,9 @@ Archive kinds (the same venv each time, cached under the payload cache):
 - ``zstd``: ``tar -cf - <venv> | zstd -T0 -3``: one zstd stream, no manifest (what most
   existing archives are);
 - ``gzip``: ``tar -czf``: single-member gzip, no manifest;
-- ``ezpz-gzip`` (not in the default set): made by ezpz-tar-env with ``archive.codec=gzip``.
+- ``ezpz-gzip`` (not in the default set): made by ezpz-tar-env with ``archive.codec=gzip``;
+- ``zstd-inside`` (not in the default set): ``tar -C <venv> -cf - . | zstd -T0 -3``, made
+  from inside the environment (no top directory).
 
 (a) ezpz's transfer (``python -m ezpz.transfer``, relocation included) to N simulated nodes;
 (b) the floor: every node extracts its own local copy of the same archive at the same time
@@ -57,6 +59,7 @@ KINDS = {
     "zstd": ("zstd", "tar -cf - | zstd -T0 -3"),
     "gzip": ("gzip", "tar -czf"),
     "ezpz-gzip": ("gzip", "ezpz-tar-env archive.codec=gzip"),
+    "zstd-inside": ("zstd", "tar -C env -cf - . | zstd -T0 -3"),
 }
 #: ezpz/floor targets: N=1 (ezpz-tar-env archives, plain archives), N >= 2.
 TARGET_N1_EZPZ, TARGET_N1_PLAIN, TARGET_MULTI = 0.75, 0.90, 1.10
@@ -82,7 +85,7 @@ def archive(venv: Path, kind: str) -> Path:
     codec = KINDS[kind][0]
     suffix = {"zstd": ".tar.zst", "gzip": ".tar.gz"}[codec]
     name = f"{venv.name}.ezpz-{_packer_tag()}" if kind.startswith("ezpz") else \
-        f"{venv.name}.plain"
+        f"{venv.name}.inside" if kind.endswith("-inside") else f"{venv.name}.plain"
     out = CACHE / (name + suffix)
     stamp = (venv / ".ezpz-bench-complete").stat().st_mtime
     if out.exists() and out.stat().st_mtime > stamp:
@@ -94,9 +97,10 @@ def archive(venv: Path, kind: str) -> Path:
             from ezpz.pack import pack
 
             pack(prefix=str(venv), path=str(tmp), codec=codec, overwrite=True)
-        elif kind == "zstd":
-            tar = subprocess.Popen(["tar", "-C", str(venv.parent), "-cf", "-", venv.name],
-                                   stdout=subprocess.PIPE)
+        elif kind in ("zstd", "zstd-inside"):
+            what = ["-C", str(venv), "."] if kind == "zstd-inside" else \
+                ["-C", str(venv.parent), venv.name]
+            tar = subprocess.Popen(["tar", "-cf", "-", *what], stdout=subprocess.PIPE)
             subprocess.run(["zstd", "-q", "-T0", "-3", "-f", "-o", str(tmp)], stdin=tar.stdout,
                            check=True)
             tar.stdout.close()  # type: ignore[union-attr]

@@ -53,8 +53,13 @@ def venv_archives(tmp_path_factory) -> dict:
     if shutil.which("zstd"):
         out["zstd"] = _tar(["tar", "-C", str(old.parent), "--zstd", "-cf",
                             str(base / "e.tar.zst"), old.name], base / "e.tar.zst")
-    out["inside"] = _tar(["tar", "-C", str(old), "-cf", str(base / "in.tar"), "."],
-                         base / "in.tar")
+    out["inside-tar"] = _tar(["tar", "-C", str(old), "-cf", str(base / "in.tar"), "."],
+                             base / "in.tar")
+    out["inside-gzip"] = _tar(["tar", "-C", str(old), "-czf", str(base / "in.tgz"), "."],
+                              base / "in.tgz")
+    if shutil.which("zstd"):
+        out["inside-zstd"] = _tar(["tar", "-C", str(old), "--zstd", "-cf",
+                                   str(base / "in.tar.zst"), "."], base / "in.tar.zst")
     old.parent.rename(base / "gone")
     return out
 
@@ -181,11 +186,18 @@ def test_a_file_replaced_by_a_link_out_of_the_tree_is_not_followed(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["h.tar", "outside.txt", "x"]
 
 
-@pytest.mark.parametrize("case", ["inside", "renamed", "bound", "common"])
+@pytest.mark.parametrize("case", ["nameless", "renamed", "bound", "common", "seek-bound"])
 def test_fallbacks_scan_the_tree_and_say_why_once(venv_archives, tmp_path, monkeypatch, caplog,
                                                   case):
     old = "/srv/envs/henv"
-    archive = venv_archives["inside"]
+    if case == "nameless":  # from inside, and no member names the prefix (an older
+        # pyvenv.cfg without command, no activate: relocation finds it in the shebangs)
+        members = [(n[len("henv/"):] or ".", b"home = /usr/bin\n" if n.endswith(".cfg") else d,
+                    t) for n, d, t in _venv_members("henv", old) if not n.endswith("activate")]
+        archive = _files_archive(tmp_path / "n.tar", members)
+    elif case == "seek-bound":  # from inside, more files before the namer than are kept
+        archive = _files_archive(tmp_path / "s.tar", _inside_members(old, namer_last=True))
+        monkeypatch.setattr(hints_mod, "MAX_PATHS", 2)
     if case == "renamed":  # the top directory is not the prefix's name
         archive = _files_archive(tmp_path / "r.tar", _venv_members("other", old))
     elif case in ("bound", "common"):
@@ -196,8 +208,9 @@ def test_fallbacks_scan_the_tree_and_say_why_once(venv_archives, tmp_path, monke
     old_snap, new_snap, rep, hints = both_ways(archive, tmp_path / "x", "/tmp/f")
     assert not rep.hinted and rep.scanned
     assert new_snap == old_snap
-    why = {"inside": "no top directory", "renamed": "does not contain '/other'",
-           "bound": "more than 1 files and links", "common": "more than 1 times"}[case]
+    why = {"nameless": "none named its prefix", "renamed": "does not contain '/other'",
+           "bound": "more than 1 files and links", "common": "more than 1 times",
+           "seek-bound": "more than 2 files passed before a member named"}[case]
     lines = [r.getMessage() for r in caplog.records if "scanning every file" in r.getMessage()]
     assert len(lines) == 2, lines  # the old way and the new way, one line each
     assert why in lines[1] and "\n" not in lines[1]
@@ -238,3 +251,94 @@ def test_without_hints_nothing_is_collected(tmp_path):
         rep = extract_stream(f, str(dest))
     assert rep.hints is None
     assert rep.files == 4
+
+
+# --------------------------------------------------------------------------------------
+# archives made from inside the environment (no top directory): the prefix is read from
+# the member that names it as it passes
+# --------------------------------------------------------------------------------------
+def _inside_members(old: str, *, namer_last: bool = False
+                    ) -> list[tuple[str, bytes | None, str | None]]:
+    """A venv archived from inside (``./`` members), with files that hold the prefix before
+    and after pyvenv.cfg, and a file that does not."""
+    members = [(n[len("henv/"):] or ".", d, t) for n, d, t in _venv_members("henv", old)]
+    o = old.encode()
+    early = [("lib", None, None), ("lib/early.txt", b"y" * 3000 + o + b"/lib\n", None),
+             ("lib/plain.txt", b"nothing here\n", None)]
+    cfg = [m for m in members if m[0] == "pyvenv.cfg"]
+    rest = [m for m in members if m[0] != "pyvenv.cfg"]
+    if namer_last:
+        return rest[:1] + early + [m for m in rest[1:] if m[0] != "bin/activate"] + cfg
+    return rest[:1] + early + cfg + rest[1:]
+
+
+@pytest.mark.parametrize("kind", ["tar", "gzip", "zstd"])
+def test_real_venv_from_inside_relocates_from_hints(venv_archives, tmp_path, kind):
+    """``tar -C env -cf - .`` of a real venv: the needle is the old prefix, read from
+    pyvenv.cfg or bin/activate as it passes; the tree is the one the full scan makes."""
+    if kind not in venv_archives:
+        pytest.skip("zstd is not installed")
+    old_snap, new_snap, rep, hints = both_ways(venv_archives[f"inside-{kind}"], tmp_path,
+                                               "/opt/new/env")
+    assert rep.hinted and rep.kind == "venv" and rep.old_prefix == venv_archives["old"]
+    assert hints.needle == os.fsencode(venv_archives["old"]) and not hints.why
+    assert new_snap == old_snap
+    assert "bin/activate" in hints.files and "share/activate-hardlink" in hints.files
+    assert rep.files_rewritten >= 3 and rep.links_repointed == 1
+
+
+@pytest.mark.parametrize("held", [0, 64 << 20])
+@pytest.mark.parametrize("trickle", [0, 7, 700])
+def test_from_inside_files_before_the_namer_are_found_or_listed(tmp_path, monkeypatch, held,
+                                                                trickle):
+    """Files whose data passed before pyvenv.cfg: found in the blocks held meanwhile, or,
+    beyond the bound on what is held, listed as they are (relocation reads them); either way
+    the tree is the full scan's. The prefix may be cut across tiny blocks anywhere."""
+    if held == 0:
+        monkeypatch.setattr(hints_mod, "MAX_SEEK_HELD", 1)
+    old = "/srv/envs/henv"
+    archive = _files_archive(tmp_path / "i.tar", _inside_members(old))
+    old_snap, new_snap, rep, hints = both_ways(archive, tmp_path / "x", "/tmp/i", trickle)
+    assert rep.hinted and rep.old_prefix == old and hints.needle == old.encode()
+    assert new_snap == old_snap
+    assert b"/tmp/i/lib" in new_snap["lib/early.txt"][1]
+    held_all = held != 0
+    assert ("lib/plain.txt" in hints.files) is not held_all  # listed unread, or not at all
+    assert {"lib/early.txt", "pyvenv.cfg", "bin/activate", "bin/tool", "data.txt"} <= \
+        set(hints.files)
+
+
+def test_from_inside_the_activate_script_names_the_prefix_too(tmp_path):
+    old = "/srv/envs/henv"
+    members = [m for m in _inside_members(old) if m[0] != "pyvenv.cfg"]
+    archive = _files_archive(tmp_path / "a.tar", members)
+    dest = tmp_path / "d"
+    dest.mkdir()
+    with open(archive, "rb") as f:
+        rep = SafeExtractor(str(dest), hints=True).run(f, "none")
+    assert rep.hints.needle == old.encode() and not rep.hints.why
+    assert sorted(rep.hints.files) == ["bin/activate", "bin/tool", "data.txt", "lib/early.txt"]
+
+
+@pytest.mark.parametrize("cfg", [
+    b"command = /usr/bin/python3 -m venv /\n",  # names the root
+    b"command = /usr/bin/python3 -m venv 'unterminated\n",  # not shell words
+    b"command = /usr/bin/python3 -m venv relative/env\n",  # not absolute
+    b"command = " + b"/x" * 40000 + b"\n",  # longer than what a namer may be
+    b"command = /usr/bin/python3 -m venv /srv/envs/other\n",  # not the activate's prefix
+    b"\xff\xfe\x00 command = /srv\n",  # binary
+])
+def test_from_inside_a_lying_or_broken_namer_ends_as_the_full_scan(tmp_path, cfg):
+    """Whatever pyvenv.cfg says, the tree is the full scan's: a prefix that is not the one
+    relocation detects is refused by the hints (one line), a name not read is sought on."""
+    old = "/srv/envs/henv"
+    members = [(n, cfg if n == "pyvenv.cfg" else d, t) for n, d, t in _inside_members(old)]
+    archive = _files_archive(tmp_path / "l.tar", members)
+    old_snap, new_snap, rep, hints = both_ways(archive, tmp_path / "x", "/tmp/l", 61)
+    assert new_snap == old_snap
+    assert rep.old_prefix == old
+    why = hints.usable(old)
+    if rep.hinted:  # bin/activate, after pyvenv.cfg, named the prefix
+        assert hints.needle == old.encode() and not why
+    else:
+        assert why and "\n" not in why

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import errno
 import os
+import re
+import shlex
 import stat
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -95,6 +97,35 @@ def find_prefix_files(root: str | os.PathLike[str] | Anchor, prefix: str | bytes
         if mode is not None:
             out.append(PrefixFile(rel, mode))
     return out
+
+
+def prefix_in_activate(text: str) -> str | None:
+    """The old prefix a venv's ``bin/activate`` sets (``VIRTUAL_ENV=/abs/path``), or None."""
+    for m in re.finditer(r"^\s*(?:export\s+)?VIRTUAL_ENV=(.+)$", text, re.M):
+        value = m.group(1).strip()
+        if "$(" in value or "`" in value:
+            continue
+        try:
+            words = shlex.split(value)
+        except ValueError:
+            continue
+        if len(words) == 1 and os.path.isabs(words[0]):
+            return os.path.normpath(words[0])
+    return None
+
+
+def prefix_in_pyvenv_cfg(text: str) -> str | None:
+    """The old prefix in ``pyvenv.cfg``'s ``command`` (``... -m venv /abs/path``), or None."""
+    for line in text.splitlines():
+        key, sep, value = line.partition("=")
+        if sep and key.strip() == "command":
+            try:
+                words = shlex.split(value)
+            except ValueError:
+                return None
+            if words and os.path.isabs(words[-1]):
+                return os.path.normpath(words[-1])
+    return None
 
 
 @dataclass

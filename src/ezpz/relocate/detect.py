@@ -9,14 +9,13 @@ read whole are read up to ``SMALL_MAX`` bytes.
 from __future__ import annotations
 
 import os
-import re
 import shlex
 import stat
 from collections import Counter
 
 from ..anchored import Anchor
 from ..errors import EzpzError, RelocateError
-from ..formats.prefix import find_prefix_files
+from ..formats.prefix import find_prefix_files, prefix_in_activate, prefix_in_pyvenv_cfg
 from .rewrite import SCAN_CHUNK, SKIP_SUFFIXES, TRAMPOLINE
 
 #: Largest activate script, pyvenv.cfg or conda history read to find the old prefix.
@@ -50,35 +49,12 @@ def detect_env(root: str | os.PathLike[str] | Anchor) -> tuple[str, str | None]:
 
 def _prefix_from_activate(root: Anchor) -> str | None:
     text = _read_text(root, "bin/activate")
-    if text is None:
-        return None
-    for m in re.finditer(r"^\s*(?:export\s+)?VIRTUAL_ENV=(.+)$", text, re.M):
-        value = m.group(1).strip()
-        if "$(" in value or "`" in value:
-            continue
-        try:
-            words = shlex.split(value)
-        except ValueError:
-            continue
-        if len(words) == 1 and os.path.isabs(words[0]):
-            return os.path.normpath(words[0])
-    return None
+    return prefix_in_activate(text) if text is not None else None
 
 
 def _prefix_from_pyvenv_cfg(root: Anchor) -> str | None:
     text = _read_text(root, "pyvenv.cfg")
-    if text is None:
-        return None
-    for line in text.splitlines():
-        key, sep, value = line.partition("=")
-        if sep and key.strip() == "command":
-            try:
-                words = shlex.split(value)
-            except ValueError:
-                return None
-            if words and os.path.isabs(words[-1]):
-                return os.path.normpath(words[-1])
-    return None
+    return prefix_in_pyvenv_cfg(text) if text is not None else None
 
 
 def _prefix_from_shebangs(root: Anchor) -> str | None:
