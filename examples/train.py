@@ -34,6 +34,7 @@ def main() -> int:
         opt.step()
     info.update(world_size=dist.get_world_size(), loss=round(float(loss), 4))
     dist.barrier()  # no rank tears gloo down while another still talks to it
+    del model, opt  # the DDP reducer holds the group: release it before destroying the group
     dist.destroy_process_group()
     print(json.dumps(info), flush=True)
     return 0
