@@ -297,24 +297,17 @@ class Anchor:
     def set_meta(self, rel: str, mode: int | None, mtime: float | None) -> None:
         """chmod and/or set the mtime of the file or directory ``rel`` (through a descriptor of
         it: a symlink there is refused, never followed)."""
+        target: int | str
         try:
-            fd = self._open_parts(split(rel), os.O_RDONLY | os.O_NONBLOCK)
+            fd = target = self._open_parts(split(rel), os.O_RDONLY | os.O_NONBLOCK)
         except PermissionError:  # a file this user may not read: change it by its O_PATH fd
             fd = self._open_parts(split(rel), os.O_PATH)
-            try:
-                proc = f"/proc/self/fd/{fd}"
-                if mode is not None:
-                    os.chmod(proc, mode)
-                if mtime is not None:
-                    os.utime(proc, (mtime, mtime))
-            finally:
-                os.close(fd)
-            return
+            target = f"/proc/self/fd/{fd}"
         try:
             if mode is not None:
-                os.fchmod(fd, mode)
+                os.chmod(target, mode)
             if mtime is not None:
-                os.utime(fd, (mtime, mtime))
+                os.utime(target, (mtime, mtime))
         finally:
             os.close(fd)
 
