@@ -8,13 +8,13 @@ next to dst, where the node check sees them), dst is not installed and no stagin
 from __future__ import annotations
 
 import hashlib
-import io
 import tarfile
 from pathlib import Path
 
 import pytest
 import zstandard
 
+from tarbuild import with_tarfile
 from test_transfer import run
 
 pytestmark = pytest.mark.simnodes
@@ -23,22 +23,8 @@ VICTIM = b"original victim\n"
 
 
 def build(path: Path, members: list[dict], codec: str = "none") -> Path:
-    """A tar (or .tar.zst) of ``members``: dicts with name, type, data, linkname, mode, size."""
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tf:
-        for m in members:
-            ti = tarfile.TarInfo(m["name"])
-            ti.type = m.get("type", tarfile.REGTYPE)
-            ti.mode = m.get("mode", 0o644)
-            ti.linkname = m.get("linkname", "")
-            ti.mtime = 1_700_000_000
-            data = m.get("data")
-            if data is not None:
-                ti.size = len(data)
-                tf.addfile(ti, io.BytesIO(data))
-            else:
-                tf.addfile(ti)
-    raw = buf.getvalue()
+    """A GNU-format tar (or .tar.zst) of ``members`` (see tarbuild.with_tarfile)."""
+    raw = with_tarfile(members, tarfile.GNU_FORMAT)
     if codec == "zstd":
         raw = zstandard.ZstdCompressor(level=3, write_checksum=True).compress(raw)
     path.write_bytes(raw)
