@@ -15,6 +15,7 @@ import pytest
 
 import simnodes
 from ezpz.cli.yeet_env import hydra_quote
+from refusal import assert_refused
 
 PY = sys.executable
 SRC = Path(__file__).resolve().parent.parent / "src" / "ezpz"
@@ -34,16 +35,6 @@ def setup(tmp_path):
     env = {**os.environ, "PBS_NODEFILE": str(nodes), "PBS_JOBID": "1.test"}
     env.pop("EZPZ_LOG_LEVEL", None)
     return tmp_path, archive, env
-
-
-def assert_refused(p, cwd: Path, *needles: str) -> None:
-    assert p.returncode == 2, p.stdout + p.stderr
-    lines = p.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), p.stderr
-    assert "Traceback" not in p.stderr + p.stdout
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-    assert not (cwd / "outputs").exists(), "a refused run must not create a run directory"
 
 
 CASES = {

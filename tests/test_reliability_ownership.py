@@ -24,6 +24,7 @@ import pytest
 from ezpz.cli.yeet_env import hydra_quote
 from ezpz.ownership import user_name
 from ezpz.transfer.plan import archive_id
+from refusal import assert_refused
 from test_reliability_concurrency import env_tar
 from test_transfer import run
 
@@ -35,18 +36,6 @@ needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="chown to another user
 def cli(module: str, *args, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
     return subprocess.run([PY, "-m", module, *args], cwd=cwd, capture_output=True, text=True,
                           env=env, timeout=120)
-
-
-def assert_one_line(p: subprocess.CompletedProcess, cwd: Path, *needles: str) -> str:
-    """Exit 2, one line on stderr (no traceback), no run directory."""
-    assert p.returncode == 2, p.stdout + p.stderr
-    lines = p.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), p.stderr
-    assert "Traceback" not in p.stdout + p.stderr
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-    assert not (cwd / "outputs").exists() and not (cwd / "multirun").exists()
-    return lines[0]
 
 
 def snapshot(root: Path) -> dict[str, tuple[int, bytes | str | None]]:
@@ -118,7 +107,7 @@ def test_a_careless_dst_is_refused_before_anything_starts(world, case, overwrite
     p = cli("ezpz.cli.yeet_env", "machine=local", f"transfer.src={hydra_quote(str(world['src']))}",
             f"transfer.dst={hydra_quote(dst)}", f"transfer.overwrite={str(overwrite).lower()}",
             "launcher.dry_run=true", cwd=world["work"], env=world["env"])
-    line = assert_one_line(p, world["work"], "transfer.dst: ", needle)
+    line = assert_refused(p, world["work"], "transfer.dst: ", needle)
     assert "ezpz never" in line
     assert snapshot(world["tmp"]) == before, "a refused run changed files"
 
@@ -170,7 +159,7 @@ def test_a_file_dst_is_never_what_ezpz_did_not_deliver(world, target, overwrite)
             f"transfer.dst={hydra_quote(str(dst))}", "transfer.decompress=false",
             f"transfer.overwrite={str(overwrite).lower()}", "launcher.dry_run=true",
             cwd=world["work"], env=world["env"])
-    assert_one_line(p, world["work"], f"transfer.dst: {dst} ", needle)
+    assert_refused(p, world["work"], f"transfer.dst: {dst} ", needle)
     assert snapshot(world["tmp"]) == before
 
 
@@ -319,7 +308,7 @@ def test_a_relative_dst_is_refused_by_the_worker(tmp_path):
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text("transfer:\n  src: /x/venv.tar\n  dst: venv\n")
     p = cli("ezpz.transfer", "--config-file", str(cfg), cwd=tmp_path, env=dict(os.environ))
-    assert_one_line(p, tmp_path, "transfer.dst: 'venv' is relative", "absolute")
+    assert_refused(p, tmp_path, "transfer.dst: 'venv' is relative", "absolute")
 
 
 # --------------------------------------------------------------------------------------
@@ -381,7 +370,7 @@ def test_every_bad_value_is_one_line(world, case):
         [f"transfer.src={hydra_quote(str(world['src']))}"]
     before = snapshot(world["tmp"])
     p = cli("ezpz.cli.yeet_env", "machine=local", *src, *overrides, cwd=work, env=world["env"])
-    assert_one_line(p, work, *needles)
+    assert_refused(p, work, *needles)
     assert snapshot(world["tmp"]) == before
 
 
@@ -392,7 +381,7 @@ def test_bad_values_through_the_worker_are_one_line(tmp_path):
         cfg = tmp_path / "cfg.yaml"
         cfg.write_text("transfer:\n  src: /x/venv.tar\n" + body)
         p = cli("ezpz.transfer", "--config-file", str(cfg), cwd=tmp_path, env=dict(os.environ))
-        assert_one_line(p, tmp_path, needle)
+        assert_refused(p, tmp_path, needle)
 
 
 @pytest.mark.parametrize("case", ["directory", "home", "foreign-file", "symlink", "threads",
@@ -419,5 +408,5 @@ def test_tar_env_archive_path_is_never_what_ezpz_did_not_write(world, case):
     for overwrite in ("false", "true"):
         p = cli("ezpz.cli.tar_env", f"env.prefix={hydra_quote(str(tmp / 'env'))}", *args,
                 f"overwrite={overwrite}", cwd=work, env=world["env"])
-        assert_one_line(p, work, needle)
+        assert_refused(p, work, needle)
         assert snapshot(tmp) == before
