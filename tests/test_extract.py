@@ -16,6 +16,7 @@ import zstandard
 from ezpz.errors import ArchiveError
 from ezpz.extract import ChunkStream, SafeExtractor, extract_file, extract_stream
 from ezpz.formats.codecs import open_decoder
+from trees import tree
 
 #: "python-no-c" is the python engine with the C helper for plain members turned off;
 #: "python-pool" the python engine writing on 4 threads (whatever this machine's cores).
@@ -389,24 +390,6 @@ def test_abort_releases_the_chunk_the_reader_holds():
     assert sorted(released) == [1, 2]
 
 
-def _tree(root) -> dict:
-    """Every entry under ``root``: type, mode, mtime and content or link target."""
-    out = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in dirnames + filenames:
-            p = os.path.join(dirpath, name)
-            st = os.lstat(p)
-            rel = os.path.relpath(p, root)
-            if stat.S_ISLNK(st.st_mode):
-                out[rel] = ("link", os.readlink(p))
-            elif stat.S_ISDIR(st.st_mode):
-                out[rel] = ("dir", stat.S_IMODE(st.st_mode), st.st_mtime)
-            else:
-                out[rel] = ("file", stat.S_IMODE(st.st_mode), st.st_mtime, st.st_nlink,
-                            open(p, "rb").read())
-    return out
-
-
 def _tricky_members() -> list[dict]:
     """Members the C helper writes, interleaved with every kind it must leave to Python."""
     rnd = bytes(range(256)) * (3 * 4096 + 7)  # ~3 MiB: spans the decoder's 1 MiB blocks
@@ -451,7 +434,7 @@ def test_c_helper_writes_the_same_tree_as_python(tmp_path, monkeypatch, fmt, cod
         dest = tmp_path / f"out{flag}"
         dest.mkdir()
         reports.append(extract_file(path, str(dest)))
-        trees.append(_tree(dest))
+        trees.append(tree(dest, mtime=True))
     with_c, without = reports
     assert with_c.fast_members > 1000, "the C helper must take the plain members"
     assert without.fast_members == 0

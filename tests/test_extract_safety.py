@@ -22,6 +22,7 @@ import pytest
 import tarbuild as tb
 from ezpz.errors import ArchiveError
 from ezpz.extract import checks, extract_file
+from trees import tree
 
 ENGINES = ["python", "python-no-c", "python-pool", "tar"]
 
@@ -92,22 +93,6 @@ def refused(box: Box, data: bytes, engine: str, why: str) -> str:
     assert "\n" not in msg
     box.intact()
     return msg
-
-
-def tree(root: Path) -> dict:
-    out = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in dirnames + filenames:
-            p = os.path.join(dirpath, name)
-            st = os.lstat(p)
-            rel = os.path.relpath(p, root)
-            if stat.S_ISLNK(st.st_mode):
-                out[rel] = ("link", os.readlink(p))
-            elif stat.S_ISDIR(st.st_mode):
-                out[rel] = ("dir", stat.S_IMODE(st.st_mode))
-            else:
-                out[rel] = ("file", stat.S_IMODE(st.st_mode), st.st_nlink, open(p, "rb").read())
-    return out
 
 
 D = tarfile.DIRTYPE

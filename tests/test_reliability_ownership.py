@@ -27,6 +27,7 @@ from ezpz.transfer.plan import archive_id
 from refusal import assert_refused
 from test_reliability_concurrency import env_tar
 from test_transfer import run
+from trees import tree as snapshot
 
 PY = sys.executable
 OTHER_UID = 65534
@@ -36,22 +37,6 @@ needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="chown to another user
 def cli(module: str, *args, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
     return subprocess.run([PY, "-m", module, *args], cwd=cwd, capture_output=True, text=True,
                           env=env, timeout=120)
-
-
-def snapshot(root: Path) -> dict[str, tuple[int, bytes | str | None]]:
-    """Every entry under ``root``: mode and content (files), target (links)."""
-    out: dict[str, tuple[int, bytes | str | None]] = {}
-    for dirpath, dirs, files in os.walk(root):
-        for name in dirs + files:
-            p = Path(dirpath, name)
-            st = p.lstat()
-            if p.is_symlink():
-                out[str(p)] = (st.st_mode, os.readlink(p))
-            elif p.is_file():
-                out[str(p)] = (st.st_mode, p.read_bytes())
-            else:
-                out[str(p)] = (st.st_mode, None)
-    return out
 
 
 @pytest.fixture

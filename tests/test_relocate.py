@@ -21,6 +21,7 @@ import pytest
 from ezpz.errors import RelocateError
 from ezpz.formats.manifest import Manifest, PrefixFile
 from ezpz.relocate import activation_hint, detect_env, relocate
+from trees import tree as snapshot
 
 PKG = "ezpzdemo"
 
@@ -92,22 +93,6 @@ def make_manifest(prefix: Path, kind: str = "venv") -> Manifest:
                 files.append(PrefixFile(p.relative_to(prefix).as_posix(),
                                         "binary" if b"\0" in data else "text"))
     return Manifest(kind=kind, name=prefix.name, prefix=str(prefix), prefix_files=files)
-
-
-def snapshot(root: Path) -> dict[str, tuple]:
-    """Every entry under root: content (or link target) and mode."""
-    out = {}
-    for dirpath, dirs, names in os.walk(root):
-        for name in dirs + names:
-            p = Path(dirpath) / name
-            st = os.lstat(p)
-            if p.is_symlink():
-                out[str(p.relative_to(root))] = ("link", os.readlink(p))
-            elif p.is_file():
-                out[str(p.relative_to(root))] = ("file", p.read_bytes(), st.st_mode)
-            else:
-                out[str(p.relative_to(root))] = ("dir", st.st_mode)
-    return out
 
 
 def files_holding(root: Path, needle: str) -> list[str]:
