@@ -166,9 +166,7 @@ class PythonWriter:
                 write_all(fd, view)
             else:
                 reader.copy_data(fd, a.name)
-            if not direct:
-                os.fchmod(fd, a.mode)
-            os.utime(fd, (a.mtime, a.mtime))
+            _set_meta(fd, a.mode, a.mtime, direct)
         finally:
             os.close(fd)
 
@@ -258,9 +256,7 @@ class _Streamed:
     def close(self) -> None:
         try:
             if not self.failed:
-                if not self.direct:
-                    os.fchmod(self.fd, self.mode)
-                os.utime(self.fd, (self.mtime, self.mtime))
+                _set_meta(self.fd, self.mode, self.mtime, self.direct)
         except OSError as exc:
             raise WriteError(exc.errno or errno.EIO, self.name) from None
         finally:
@@ -372,6 +368,13 @@ class WritePool:
             start += 1
 
 
+def _set_meta(fd: int, mode: int, mtime: int, direct: bool) -> None:
+    """A written file's mode (unless it was created with it) and mtime."""
+    if not direct:
+        os.fchmod(fd, mode)
+    os.utime(fd, (mtime, mtime))
+
+
 class _Record:
     """One file of a batch written by Python (after the C writer found its path taken)."""
 
@@ -385,8 +388,7 @@ class _Record:
             raise WriteError(exc.errno or errno.EIO, self.name) from None
         try:
             write_all(fd, view)
-            os.fchmod(fd, self.mode)
-            os.utime(fd, (self.mtime, self.mtime))
+            _set_meta(fd, self.mode, self.mtime, False)
         except OSError as exc:
             raise WriteError(exc.errno or errno.EIO, self.name) from None
         finally:
